@@ -1,0 +1,28 @@
+"""The FastAPI application factory (``qunfa serve`` runs it with uvicorn)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from qunfa.api.routers import accounts, callbacks, campaigns
+from qunfa.bootstrap import Container
+from qunfa.console import pages
+
+
+def create_app(container: Container) -> FastAPI:
+    app = FastAPI(
+        title="qunfa",
+        version="0.1.0",
+        description="群发 — mass messaging across the WeChat ecosystem, exactly once.",
+    )
+    app.state.container = container
+    app.include_router(callbacks.router)
+    app.include_router(campaigns.router)
+    app.include_router(accounts.router)
+    app.include_router(pages.router)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app

@@ -1,0 +1,77 @@
+"""Campaigns over REST: list, show, create, send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
+
+from qunfa.api.deps import ContainerDep
+from qunfa.services.accounts import AccountError
+from qunfa.services.campaigns import CampaignError
+
+router = APIRouter(prefix="/api/campaigns", tags=["campaigns"])
+
+
+class CampaignCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    channel: str = Field(examples=["wechat_oa"])
+    account: str = Field(description="account id or appid")
+    audience: str = Field(examples=["all", "tag:VIP"])
+    content: dict[str, Any] = Field(examples=[{"msgtype": "text", "text": {"content": "你好"}}])
+    as_list: bool = Field(default=False, description="send a tag/everyone as openid lists")
+
+
+class CampaignPublic(BaseModel):
+    id: int
+    uid: str
+    name: str
+    channel: str
+    account: str
+    audience: str
+    mode: str
+    state: str
+    planned: int
+    batches: dict[str, dict[str, int]]
+    deliveries: dict[str, int]
+    platform: dict[str, int | None]
+    last_error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+@router.get("", response_model=list[CampaignPublic])
+def list_campaigns(c: ContainerDep) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = c.campaigns.all()
+    return result
+
+
+@router.get("/{campaign_id}", response_model=CampaignPublic)
+def get_campaign(campaign_id: int, c: ContainerDep) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = c.campaigns.status(campaign_id)
+    except CampaignError as exc:
+        raise HTTPException(404, str(exc)) from None
+    return result
+
+
+@router.post("", response_model=CampaignPublic, status_code=201)
+def create_campaign(body: CampaignCreate, c: ContainerDep) -> dict[str, Any]:
+    try:
+        camp = c.campaigns.create(**body.model_dump())
+    except (CampaignError, AccountError, ValueError) as exc:
+        raise HTTPException(422, str(exc)) from None
+    result: dict[str, Any] = c.campaigns.status(camp.id)
+    return result
+
+
+@router.post("/{campaign_id}/send", response_model=CampaignPublic)
+def send_campaign(campaign_id: int, c: ContainerDep) -> dict[str, Any]:
+    try:
+        c.campaigns.start(campaign_id)
+    except CampaignError as exc:
+        raise HTTPException(409, str(exc)) from None
+    result: dict[str, Any] = c.campaigns.status(campaign_id)
+    return result

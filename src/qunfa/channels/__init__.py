@@ -1,0 +1,1 @@
+"""Channel adapters: one module per channel key, all speaking the contract in ``base``."""

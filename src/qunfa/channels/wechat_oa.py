@@ -1,0 +1,266 @@
+"""``wechat_oa``: Official Account mass send (群发) — to everyone, to one tag, or to an openid list.
+
+Endpoints (reference §1): ``message/mass/sendall`` (tag or all), ``message/mass/send`` (2–10,000
+openids), ``preview``, ``get``, ``delete``; the user and tag APIs used by account sync. Limits
+come from ``rules/wechat_oa.toml``. Idempotency: ``clientmsgid`` is the batch key, so a retry
+of an accepted batch gets 45065 with the original ``msg_id`` — counted as success, never sent
+twice. The send is asynchronous: the result arrives as MASSSENDJOBFINISH or via ``mass/get``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
+
+from qunfa.channels.base import AccountConfig, Channel, ChannelContext, OutboundBatch, Settlement
+from qunfa.channels.http import TransportError
+from qunfa.domain.outcomes import BatchOutcome, ErrorClass, PlatformError
+from qunfa.rules import RuleSet
+
+CHINA = ZoneInfo("Asia/Shanghai")
+TOKEN_ERRORS = frozenset({40001, 40014, 42001})  # re-fetch the token once, then retry
+
+E = ErrorClass
+# Every errcode the mass and user APIs can return, and what the engine should do about it.
+WECHAT_ERRORS: Mapping[int | str, ErrorClass] = {
+    -1: E.RETRYABLE,  # system busy
+    45009: E.RETRYABLE,  # api freq out of limit (60/min on mass endpoints)
+    45011: E.RETRYABLE,  # minute quota
+    45066: E.RETRYABLE,  # same clientmsgid retried too fast: wait a minute
+    45028: E.QUOTA,  # has no masssend quota (公众号 1/day, 服务号 to-all 4/month)
+    40001: E.ACCOUNT,  # bad secret / token still rejected after a re-fetch
+    40014: E.ACCOUNT,
+    42001: E.ACCOUNT,
+    41001: E.ACCOUNT,
+    40002: E.ACCOUNT,
+    40013: E.ACCOUNT,  # bad appid
+    40125: E.ACCOUNT,  # bad appsecret
+    40164: E.ACCOUNT,  # IP not whitelisted
+    40243: E.ACCOUNT,  # secret frozen
+    48001: E.ACCOUNT,  # api unauthorized (unverified account)
+    48008: E.ACCOUNT,  # no permission for this msgtype
+    89501: E.ACCOUNT,
+    89503: E.ACCOUNT,
+    89506: E.ACCOUNT,
+    89507: E.ACCOUNT,
+    40003: E.BATCH,  # no openid in the list is a follower of this account
+    40007: E.BATCH,  # bad media_id
+    40008: E.BATCH,  # bad msgtype
+    40031: E.BATCH,
+    40032: E.BATCH,  # list too long
+    40130: E.BATCH,  # fewer than 2 openids
+    45067: E.BATCH,  # clientmsgid too long
+    40059: E.BATCH,  # invalid msg id
+    43004: E.RECIPIENT,  # not subscribed
+    43101: E.RECIPIENT,  # user refused
+    50005: E.RECIPIENT,  # user unfollowed
+}
+RETRY_AFTER = {45009: 60.0, 45011: 60.0, 45066: 60.0}
+
+
+class WechatApiError(Exception):
+    def __init__(self, error: PlatformError) -> None:
+        super().__init__(error.describe())
+        self.error = error
+
+
+def seconds_until(when: datetime, now: datetime) -> float:
+    return max(1.0, (when - now).total_seconds())
+
+
+def next_china_midnight(now: datetime) -> datetime:
+    local = now.astimezone(CHINA)
+    return (local + timedelta(days=1)).replace(hour=0, minute=0, second=5, microsecond=0)
+
+
+def next_china_month(now: datetime) -> datetime:
+    local = now.astimezone(CHINA)
+    first = local.replace(day=1, hour=0, minute=0, second=5, microsecond=0)
+    return (first + timedelta(days=32)).replace(day=1)
+
+
+class WechatApi:
+    """Official Account HTTP API with token handling; shared by wechat_oa and wechat_template."""
+
+    def __init__(
+        self, account: AccountConfig, ctx: ChannelContext, errors: Mapping[int | str, ErrorClass]
+    ) -> None:
+        self.account = account
+        self.ctx = ctx
+        self.errors = errors
+        self.root = account.base_url.rstrip("/") + "/cgi-bin"
+
+    def classify(self, code: int, message: str) -> PlatformError:
+        klass = self.errors.get(code, ErrorClass.BATCH)
+        if code == 45028:
+            now = datetime.now(CHINA)
+            # 公众号: one mass send a day; 服务号: to-all sends are counted per month.
+            until = (
+                next_china_month(now)
+                if self.account.kind == "service"
+                else next_china_midnight(now)
+            )
+            return PlatformError(code, message, klass, retry_after=seconds_until(until, now))
+        return PlatformError(code, message, klass, retry_after=RETRY_AFTER.get(code))
+
+    async def _fetch_token(self) -> tuple[str, float]:
+        body = {
+            "grant_type": "client_credential",
+            "appid": self.account.app_id,
+            "secret": self.account.credentials["secret"],
+            "force_refresh": False,
+        }
+        data = await self.ctx.http.request_json("POST", f"{self.root}/stable_token", body=body)
+        if "access_token" not in data:
+            raise WechatApiError(
+                self.classify(int(data.get("errcode", -1)), data.get("errmsg", ""))
+            )
+        return str(data["access_token"]), float(data.get("expires_in", 7200))
+
+    async def call(
+        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Call ``path`` with the shared token; re-fetch it once on 40001/40014/42001.
+
+        Returns the decoded body (errcode 0 or a code the caller handles itself, such as 45065);
+        raises :class:`WechatApiError` for other errcodes and ``TransportError`` for transport.
+        """
+        token = await self.ctx.tokens.get(self.account.id, self._fetch_token)
+        for attempt in (1, 2):
+            query = {"access_token": token, **(params or {})}
+            data: dict[str, Any] = await self.ctx.http.request_json(
+                method, f"{self.root}/{path}", params=query, body=body
+            )
+            code = int(data.get("errcode", 0))
+            if code in TOKEN_ERRORS and attempt == 1:
+                token = await self.ctx.tokens.refresh(self.account.id, token, self._fetch_token)
+                continue
+            return data
+        raise AssertionError("unreachable")
+
+    async def call_ok(
+        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        data = await self.call(method, path, body, params)
+        code = int(data.get("errcode", 0))
+        if code != 0:
+            raise WechatApiError(self.classify(code, str(data.get("errmsg", ""))))
+        return data
+
+    async def mass_limit(self) -> None:
+        limit = self.account.rules["mass_calls_per_minute"]
+        await self.ctx.limiter.acquire(f"wechat:{self.account.app_id}:mass", limit, 60.0)
+
+
+class WechatOA(Channel):
+    key: ClassVar[str] = "wechat_oa"
+    title: ClassVar[str] = "WeChat Official Account mass send (公众号群发)"
+    rules_name: ClassVar[str] = "wechat_oa"
+    recipient_kind: ClassVar[str] = "openid"
+    modes: ClassVar[frozenset[str]] = frozenset({"to_all", "tag", "list"})
+    errors = WECHAT_ERRORS
+
+    def __init__(self, account: AccountConfig, ctx: ChannelContext) -> None:
+        super().__init__(account, ctx)
+        self.api = WechatApi(account, ctx, self.errors)
+
+    @classmethod
+    def batch_size(cls, rules: RuleSet, mode: str) -> int:
+        # sendall covers a whole tag or everyone in one call; openid lists go 10,000 at a time.
+        return rules["mass_max_per_call"] if mode == "list" else 0
+
+    def classify(self, code: int | str, message: str) -> PlatformError:
+        return self.api.classify(int(code), message)
+
+    @staticmethod
+    def message_body(content: Mapping[str, Any]) -> dict[str, Any]:
+        msgtype = str(content.get("msgtype", "text"))
+        return {"msgtype": msgtype, msgtype: dict(content[msgtype])}
+
+    async def send_batch(self, batch: OutboundBatch) -> BatchOutcome:
+        body = self.message_body(batch.content)
+        body["clientmsgid"] = batch.key
+        body["send_ignore_reprint"] = int(batch.content.get("send_ignore_reprint", 0))
+        if batch.mode == "list":
+            body["touser"] = list(batch.recipients)
+            path = "message/mass/send"
+        else:
+            is_all = batch.mode == "to_all"
+            body["filter"] = {"is_to_all": is_all, **({} if is_all else {"tag_id": batch.tag_id})}
+            path = "message/mass/sendall"
+        try:
+            await self.api.mass_limit()
+            data = await self.api.call("POST", path, body)
+        except TransportError as exc:
+            error = PlatformError("transport", str(exc), ErrorClass.RETRYABLE)
+            return BatchOutcome(accepted=False, error=error, in_doubt=exc.in_doubt)
+        except WechatApiError as exc:
+            return BatchOutcome(accepted=False, error=exc.error)
+        code = int(data.get("errcode", 0))
+        if code == 0:
+            return BatchOutcome(accepted=True, platform_msg_id=str(data["msg_id"]))
+        if code == 45065 and "msg_id" in data:
+            # The platform already has this clientmsgid: an earlier attempt went through.
+            return BatchOutcome(
+                accepted=True, platform_msg_id=str(data["msg_id"]), deduplicated=True
+            )
+        return BatchOutcome(accepted=False, error=self.classify(code, str(data.get("errmsg", ""))))
+
+    async def settle(self, platform_msg_id: str) -> Settlement | None:
+        data = await self.api.call_ok("POST", "message/mass/get", {"msg_id": int(platform_msg_id)})
+        status = str(data.get("msg_status", ""))
+        return Settlement(
+            final=status != "SENDING", ok=status in ("SEND_SUCCESS", "DELETE"), status=status
+        )
+
+    # -- operator calls ---------------------------------------------------------------------------
+    async def preview(
+        self, content: Mapping[str, Any], *, openid: str | None = None, wxname: str | None = None
+    ) -> str:
+        body = self.message_body(content)
+        if wxname:
+            body["towxname"] = wxname
+        elif openid:
+            body["touser"] = openid
+        else:
+            raise ValueError("preview needs an openid or a WeChat ID (towxname)")
+        await self.api.mass_limit()
+        data = await self.api.call_ok("POST", "message/mass/preview", body)
+        return str(data.get("msg_id", ""))
+
+    async def delete(self, platform_msg_id: str, article_idx: int = 0) -> None:
+        body = {"msg_id": int(platform_msg_id), "article_idx": article_idx}
+        await self.api.call_ok("POST", "message/mass/delete", body)
+
+    # -- account sync -----------------------------------------------------------------------------
+    async def followers(self) -> AsyncIterator[list[str]]:
+        """Pages of follower openids (user/get, 10,000 a page) until the list ends."""
+        next_openid = ""
+        while True:
+            data = await self.api.call_ok("GET", "user/get", params={"next_openid": next_openid})
+            openids = (data.get("data") or {}).get("openid") or []
+            if not openids or not data.get("count"):
+                return
+            yield list(openids)
+            next_openid = str(data.get("next_openid") or "")
+            if not next_openid:
+                return
+
+    async def tags(self) -> list[dict[str, Any]]:
+        data = await self.api.call_ok("GET", "tags/get")
+        return list(data.get("tags", []))
+
+    async def tag_members(self, tag_id: int) -> AsyncIterator[list[str]]:
+        next_openid = ""
+        while True:
+            body = {"tagid": tag_id, "next_openid": next_openid}
+            data = await self.api.call_ok("POST", "user/tag/get", body)
+            openids = (data.get("data") or {}).get("openid") or []
+            if not openids or not data.get("count"):
+                return
+            yield list(openids)
+            next_openid = str(data.get("next_openid") or "")
+            if not next_openid:
+                return

@@ -1,0 +1,410 @@
+"""The ``qunfa`` command line (Typer). Thin: every command calls a service from the container."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from qunfa.bootstrap import Container
+from qunfa.services.accounts import AccountError
+from qunfa.services.campaigns import CampaignError
+
+app = typer.Typer(
+    help="qunfa 群发 — mass messaging across the WeChat ecosystem.", no_args_is_help=True
+)
+accounts_app = typer.Typer(help="Platform accounts.", no_args_is_help=True)
+campaign_app = typer.Typer(help="Campaigns.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(campaign_app, name="campaign")
+console = Console()
+err = Console(stderr=True)
+
+
+def container() -> Container:
+    c = Container()
+    logging.basicConfig(level=c.settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    return c
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(2)
+
+
+@contextmanager
+def progress_bar() -> Iterator[Any]:
+    """A rich progress display; yields a ``(what, done, total)`` callback."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(what: str, done: int, total: int | None) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        yield update
+
+
+# -- set-up ---------------------------------------------------------------------------------------
+@app.command()
+def init() -> None:
+    """Create the data folder, the encryption keyring and the database schema."""
+    c = container()
+    c.migrate()
+    c.keyring  # noqa: B018 — creates keys.json on first use
+    console.print(f"database ready at {c.settings.db_url}")
+    console.print(f"keyring at {c.settings.keyring_path} (keep it safe: it decrypts the data)")
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8600,
+    state: Annotated[Path, typer.Option(help="State file")] = Path("data/sandbox.db"),
+) -> None:
+    """Run the platform sandbox (WeChat twin) on 127.0.0.1."""
+    from qunfa.sandbox.server import run
+
+    console.print(f"sandbox on http://127.0.0.1:{port} (admin API under /_sandbox/)")
+    run(host="127.0.0.1", port=port, state_path=state)
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port for the API, callbacks and console")] = 8000,
+    worker: Annotated[bool, typer.Option(help="Run the worker in this process")] = True,
+) -> None:
+    """Serve the REST API, the platform callbacks and the console (with an embedded worker)."""
+    import uvicorn
+
+    from qunfa.api.app import create_app
+    from qunfa.worker.queue import Worker
+
+    c = container()
+    c.migrate()
+    w = Worker(c) if worker else None
+    if w:
+        w.start()
+    try:
+        uvicorn.run(create_app(c), host="127.0.0.1", port=port, log_level="info")
+    finally:
+        if w:
+            w.stop()
+
+
+@app.command("worker")
+def worker_cmd(
+    threads: Annotated[int, typer.Option(help="Worker threads")] = 4,
+) -> None:
+    """Run a standalone worker: Huey consumer (one task per batch) and the sweeper."""
+    from qunfa.worker.queue import Worker
+
+    c = container()
+    c.migrate()
+    Worker(c, threads=threads).run_forever()
+
+
+# -- accounts -------------------------------------------------------------------------------------
+@accounts_app.command("add")
+def accounts_add(
+    app_id: Annotated[str, typer.Option("--appid", help="AppID from the MP console")],
+    secret: Annotated[str, typer.Option(help="AppSecret", prompt=True, hide_input=True)],
+    kind: Annotated[
+        str, typer.Option(help="subscription (公众号) or service (服务号)")
+    ] = "service",
+    name: Annotated[str | None, typer.Option(help="Display name")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="API root; default the sandbox's /wechat")
+    ] = None,
+    token: Annotated[str, typer.Option(help="Callback Token")] = "",
+    aes_key: Annotated[str, typer.Option(help="Callback EncodingAESKey (43 chars)")] = "",
+    channel: Annotated[str, typer.Option(help="Channel key")] = "wechat_oa",
+) -> None:
+    """Register a platform account; credentials are encrypted at rest."""
+    c = container()
+    c.migrate()
+    try:
+        acc = c.accounts.add(
+            channel=channel,
+            app_id=app_id,
+            secret=secret,
+            name=name,
+            kind=kind,
+            base_url=base_url,
+            token=token,
+            encoding_aes_key=aes_key,
+        )
+    except (AccountError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"account {acc.id} ({acc.app_id}, {acc.kind}) saved; next: qunfa accounts sync {acc.app_id}"
+    )
+
+
+@accounts_app.command("list")
+def accounts_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List accounts (never their secrets)."""
+    c = container()
+    c.migrate()
+    rows = [
+        {
+            "id": a.id,
+            "channel": a.channel,
+            "app_id": a.app_id,
+            "name": a.name,
+            "kind": a.kind,
+            "base_url": a.base_url,
+            "synced_at": a.synced_at,
+        }
+        for a in c.accounts.all()
+    ]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("id", "channel", "appid", "name", "kind", "base url")
+    for r in rows:
+        table.add_row(str(r["id"]), r["channel"], r["app_id"], r["name"], r["kind"], r["base_url"])
+    console.print(table)
+
+
+@accounts_app.command("sync")
+def accounts_sync(account: Annotated[str, typer.Argument(help="account id or appid")]) -> None:
+    """Pull followers and tags from the platform."""
+    c = container()
+    c.migrate()
+    try:
+        with progress_bar() as bar:
+            report = asyncio.run(c.accounts.sync(account, bar))
+    except AccountError as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"{report.followers:,} followers ({report.new:,} new, {report.unsubscribed:,} unfollowed), "
+        f"{report.tags} tags, {report.tagged:,} tag memberships in {report.seconds:.1f}s"
+    )
+
+
+# -- campaigns ------------------------------------------------------------------------------------
+def _content(
+    text: str | None, mpnews: str | None, template: str | None, fields: list[str]
+) -> dict[str, Any]:
+    if template:
+        data = {}
+        for f in fields:
+            key, sep, value = f.partition("=")
+            if not sep:
+                raise fail(f"--field {f!r} must look like key=value")
+            data[key] = value
+        return {"template_id": template, "data": data}
+    if mpnews:
+        return {"msgtype": "mpnews", "mpnews": {"media_id": mpnews}}
+    if text:
+        return {"msgtype": "text", "text": {"content": text}}
+    raise fail("give the content: --text '…', --mpnews MEDIA_ID or --template ID --field k=v")
+
+
+@campaign_app.command("create")
+def campaign_create(
+    name: Annotated[str, typer.Option(help="Campaign name")],
+    account: Annotated[str, typer.Option(help="account id or appid")],
+    audience: Annotated[str, typer.Option(help="all | tag:<name> | openids:a,b")] = "all",
+    channel: Annotated[str, typer.Option(help="wechat_oa or wechat_template")] = "wechat_oa",
+    text: Annotated[str | None, typer.Option(help="Text message")] = None,
+    mpnews: Annotated[str | None, typer.Option(help="mpnews media_id (from the draft box)")] = None,
+    template: Annotated[str | None, typer.Option(help="template_id for wechat_template")] = None,
+    field: Annotated[list[str] | None, typer.Option(help="template data key=value")] = None,
+    as_list: Annotated[bool, typer.Option("--as-list", help="send as openid lists")] = False,
+) -> None:
+    """Create a draft campaign."""
+    c = container()
+    c.migrate()
+    content = _content(text, mpnews, template, field or [])
+    try:
+        camp = c.campaigns.create(
+            name=name,
+            channel=channel,
+            account=account,
+            audience=audience,
+            content=content,
+            as_list=as_list,
+        )
+    except (CampaignError, AccountError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"campaign {camp.id} created ({camp.mode}); send it with: qunfa campaign send {camp.id}"
+    )
+
+
+@campaign_app.command("send")
+def campaign_send(
+    campaign_id: int,
+    wait: Annotated[bool, typer.Option(help="Run a worker here and wait until it is done")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 3600.0,
+) -> None:
+    """Plan the campaign and queue its batches (resumes a paused one)."""
+    c = container()
+    c.migrate()
+    try:
+        with progress_bar() as bar:
+            report = c.campaigns.start(campaign_id, bar)
+    except CampaignError as exc:
+        raise fail(str(exc)) from None
+    if report:
+        console.print(
+            f"planned {report.recipients:,} recipients in {report.batches} batches "
+            f"({report.seconds:.1f}s)"
+        )
+    if wait:
+        from qunfa.demo import wait_for
+        from qunfa.worker.queue import Worker
+
+        w = Worker(c)
+        w.start()
+        try:
+            with progress_bar() as bar:
+                wait_for(c, [campaign_id], timeout, bar)
+        finally:
+            w.stop()
+    _print_status(c.campaigns.status(campaign_id))
+
+
+def _print_status(s: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]#{s['id']} {s['name']}[/] — {s['channel']} {s['audience']} — [bold]{s['state']}[/]"
+    )
+    d, p = s["deliveries"], s["platform"]
+    console.print(
+        f"  planned {s['planned']:,} · sent {d.get('sent', 0):,} · failed {d.get('failed', 0):,} · "
+        f"unknown {d.get('unknown', 0):,} · pending {d.get('planned', 0) + d.get('sending', 0):,}"
+    )
+    if p["total"] is not None:
+        console.print(
+            f"  platform: total {p['total']:,} · filter {p['filter']:,} · "
+            f"sent {p['sent']:,} · error {p['error']:,}"
+        )
+    if s["last_error"]:
+        console.print(f"  [red]{s['last_error']}[/]")
+
+
+@campaign_app.command("status")
+def campaign_status(
+    campaign_id: int, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Show one campaign's progress and the platform's report."""
+    c = container()
+    c.migrate()
+    try:
+        s = c.campaigns.status(campaign_id)
+    except CampaignError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        console.print_json(json.dumps(s, ensure_ascii=False))
+    else:
+        _print_status(s)
+
+
+@campaign_app.command("list")
+def campaign_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List campaigns, newest first."""
+    c = container()
+    c.migrate()
+    rows = c.campaigns.all()
+    if as_json:
+        console.print_json(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table("id", "name", "channel", "audience", "state", "planned", "sent", "failed")
+    for s in rows:
+        d = s["deliveries"]
+        table.add_row(
+            str(s["id"]),
+            s["name"],
+            s["channel"],
+            s["audience"],
+            s["state"],
+            f"{s['planned']:,}",
+            f"{d.get('sent', 0):,}",
+            f"{d.get('failed', 0):,}",
+        )
+    console.print(table)
+
+
+# -- demo -----------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    contacts: Annotated[int, typer.Option(help="Followers of the simulated 服务号")] = 100_000,
+    serve_: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Keep serving the console")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+    port: Annotated[int, typer.Option(help="Console port")] = 8000,
+    data_dir: Annotated[Path, typer.Option(help="The demo's own data folder (wiped)")] = Path(
+        "data/demo"
+    ),
+) -> None:
+    """Run a real campaign end to end on the sandbox, then serve the console."""
+    from qunfa.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    step = (lambda _m: None) if as_json else (lambda m: err.print(f"[cyan]›[/] {m}"))
+    with progress_bar() as bar:
+        run = run_demo(
+            contacts=contacts,
+            data_dir=data_dir,
+            port=port if serve_ else 0,
+            step=step,
+            progress=None if as_json else bar,
+        )
+    try:
+        if as_json:
+            print(json.dumps(run.summary, ensure_ascii=False, indent=2))
+        else:
+            _print_summary(run.summary)
+        if serve_:
+            err.print(f"\nconsole: [bold]{run.server.url}[/] — Ctrl-C to stop")
+            run.server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        run.close()
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(
+        "#", "campaign", "audience", "state", "planned", "sent", "platform total/filter/sent/error"
+    )
+    for s in summary["campaigns"]:
+        p = s["platform"]
+        table.add_row(
+            str(s["id"]),
+            s["name"],
+            s["audience"],
+            s["state"],
+            f"{s['planned']:,}",
+            f"{s['deliveries'].get('sent', 0):,}",
+            f"{p['total']}/{p['filter']}/{p['sent']}/{p['error']}",
+        )
+    console.print(table)
+    led = summary["ledger"]
+    console.print(
+        f"sandbox ledger: {led['messages']:,} messages to {led['recipients']:,} recipients, "
+        f"at most {led['max_per_recipient']} per recipient · {summary['seconds']}s in all"
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""The web console: server-rendered pages (Jinja2), zh-CN first, English with ?lang=en."""

@@ -1,0 +1,116 @@
+"""Field encryption at rest: AES-256-GCM with a key-id prefix, and an HMAC blind index.
+
+Ciphertext layout: ``0x01 ‖ len(key_id) ‖ key_id ‖ nonce(12) ‖ ciphertext+tag``. The key id
+lets keys rotate: new writes use the active key, reads find the key the value was written
+with. The blind index (HMAC-SHA256, truncated to 16 bytes) supports equality lookups and
+dedupe without ever comparing plaintext; it uses its own key, never rotated with the data keys.
+
+The keyring lives in a JSON file (``keys.json`` in the data folder, mode 0600), created by
+``qunfa init``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+VERSION = 1
+NONCE = 12
+
+
+class KeyError_(Exception):
+    """A value cannot be decrypted: unknown key id or tampered ciphertext."""
+
+
+@dataclass
+class Keyring:
+    active: str
+    keys: dict[str, bytes]
+    blind_key: bytes
+    _aead: dict[str, AESGCM] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def generate(cls) -> Keyring:
+        return cls(active="k1", keys={"k1": AESGCM.generate_key(256)}, blind_key=os.urandom(32))
+
+    @classmethod
+    def load(cls, path: Path) -> Keyring:
+        data = json.loads(path.read_text())
+        return cls(
+            active=data["active"],
+            keys={k: base64.b64decode(v) for k, v in data["keys"].items()},
+            blind_key=base64.b64decode(data["blind_key"]),
+        )
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Keyring:
+        if path.exists():
+            return cls.load(path)
+        ring = cls.generate()
+        ring.save(path)
+        return ring
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "active": self.active,
+            "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()},
+            "blind_key": base64.b64encode(self.blind_key).decode(),
+        }
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        tmp.replace(path)
+
+    def add_key(self) -> str:
+        """Add a fresh key and make it active; old keys stay for reading."""
+        n = 1 + max(int(k[1:]) for k in self.keys if k[1:].isdigit())
+        kid = f"k{n}"
+        self.keys[kid] = AESGCM.generate_key(256)
+        self.active = kid
+        return kid
+
+    def _cipher(self, kid: str) -> AESGCM:
+        aead = self._aead.get(kid)
+        if aead is None:
+            try:
+                aead = self._aead[kid] = AESGCM(self.keys[kid])
+            except KeyError:
+                raise KeyError_(
+                    f"unknown key id {kid!r}: is keys.json the right keyring?"
+                ) from None
+        return aead
+
+    def encrypt(self, plaintext: str) -> bytes:
+        kid = self.active.encode()
+        nonce = secrets.token_bytes(NONCE)
+        ct = self._cipher(self.active).encrypt(nonce, plaintext.encode(), kid)
+        return bytes([VERSION, len(kid)]) + kid + nonce + ct
+
+    def decrypt(self, blob: bytes) -> str:
+        if not blob or blob[0] != VERSION:
+            raise KeyError_("not a qunfa ciphertext (bad version byte)")
+        n = blob[1]
+        kid = blob[2 : 2 + n]
+        nonce = blob[2 + n : 2 + n + NONCE]
+        try:
+            return self._cipher(kid.decode()).decrypt(nonce, blob[2 + n + NONCE :], kid).decode()
+        except InvalidTag:
+            raise KeyError_("ciphertext failed authentication (tampered or wrong key)") from None
+
+    def key_id_of(self, blob: bytes) -> str:
+        return blob[2 : 2 + blob[1]].decode()
+
+    def blind(self, value: str) -> bytes:
+        """Blind index of ``value``: equal inputs give equal 16-byte digests."""
+        return hmac.new(self.blind_key, value.encode(), hashlib.sha256).digest()[:16]

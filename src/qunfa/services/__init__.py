@@ -1,0 +1,1 @@
+"""Services: the use cases (accounts, campaigns, planning, dispatch, reconcile, sweep)."""

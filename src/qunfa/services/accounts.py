@@ -1,0 +1,266 @@
+"""Platform accounts: register (credentials encrypted), list, build adapters, and sync.
+
+Sync pulls followers page by page (``user/get``, 10,000 a page) and tag membership
+(``user/tag/get``), upserting identities set-based per page: one ``IN`` lookup by blind index,
+one bulk insert of new contacts and identities, one bulk update of the rest. Followers not
+seen in a full sync are marked unsubscribed in one statement.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, insert, select, update
+
+from qunfa.channels.base import AccountConfig, Channel, ChannelContext
+from qunfa.channels.http import HttpClient
+from qunfa.channels.registry import ACCOUNT_CHANNEL, channel_class
+from qunfa.channels.wechat_oa import WechatOA
+from qunfa.rules import load as load_rules
+from qunfa.storage.models import Account, Contact, Identity, IdentityTag, Tag
+
+if TYPE_CHECKING:
+    from qunfa.bootstrap import Container
+
+Progress = Callable[[str, int, int | None], None]  # (what, done, total)
+
+
+class AccountError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    followers: int
+    new: int
+    unsubscribed: int
+    tags: int
+    tagged: int
+    seconds: float
+
+
+class AccountService:
+    def __init__(self, c: Container) -> None:
+        self.c = c
+
+    def add(
+        self,
+        *,
+        channel: str,
+        app_id: str,
+        secret: str,
+        name: str | None = None,
+        kind: str = "service",
+        base_url: str | None = None,
+        token: str = "",
+        encoding_aes_key: str = "",
+        settings: dict[str, Any] | None = None,
+    ) -> Account:
+        """Register an account (or update it when ``channel`` + ``app_id`` exists)."""
+        channel_class(channel)  # validates the key
+        if ACCOUNT_CHANNEL.get(channel, channel) != channel:
+            raise AccountError(
+                f"{channel} sends through a {ACCOUNT_CHANNEL[channel]} account; add that instead"
+            )
+        if kind not in ("subscription", "service"):
+            raise AccountError(
+                f"kind must be 'subscription' (公众号) or 'service' (服务号), not {kind!r}"
+            )
+        if encoding_aes_key and len(encoding_aes_key) != 43:
+            raise AccountError("EncodingAESKey must be exactly 43 characters (from the MP console)")
+        rules = (settings or {}).get("rules", {})
+        load_rules(channel_class(channel).rules_name).with_overrides(rules)  # validates names
+        creds = {"secret": secret, "token": token, "encoding_aes_key": encoding_aes_key}
+        enc = self.c.keyring.encrypt(json.dumps(creds))
+        base = base_url or f"{self.c.settings.sandbox_url.rstrip('/')}/wechat"
+        with self.c.sessions() as s:
+            acc = s.scalars(
+                select(Account).where(Account.channel == channel, Account.app_id == app_id)
+            ).one_or_none()
+            if acc is None:
+                acc = Account(channel=channel, app_id=app_id, created_at=time.time())
+                s.add(acc)
+            acc.name = name or app_id
+            acc.kind = kind
+            acc.base_url = base
+            acc.credentials_enc = enc
+            acc.settings = settings or {}
+            s.commit()
+            return acc
+
+    def all(self) -> list[Account]:
+        with self.c.sessions() as s:
+            return list(s.scalars(select(Account).order_by(Account.id)))
+
+    def get(self, ref: int | str) -> Account:
+        """An account by id or by app id."""
+        with self.c.sessions() as s:
+            if isinstance(ref, int) or str(ref).isdigit():
+                acc = s.get(Account, int(ref))
+            else:
+                acc = s.scalars(select(Account).where(Account.app_id == ref)).first()
+            if acc is None:
+                raise AccountError(f"no account {ref!r}; see `qunfa accounts list`")
+            return acc
+
+    def credentials(self, acc: Account) -> dict[str, str]:
+        data: dict[str, str] = json.loads(self.c.keyring.decrypt(acc.credentials_enc))
+        return data
+
+    def config(self, acc: Account, channel: str | None = None) -> AccountConfig:
+        key = channel or acc.channel
+        rules = load_rules(channel_class(key).rules_name)
+        overrides = dict((acc.settings or {}).get("rules", {}))
+        return AccountConfig(
+            id=acc.id,
+            channel=key,
+            app_id=acc.app_id,
+            kind=acc.kind,
+            base_url=acc.base_url,
+            credentials=self.credentials(acc),
+            rules=rules.with_overrides(overrides) if overrides else rules,
+            settings=acc.settings or {},
+        )
+
+    def adapter(self, acc: Account, http: HttpClient, channel: str | None = None) -> Channel:
+        cfg = self.config(acc, channel)
+        ctx = ChannelContext(http=http, tokens=self.c.tokens, limiter=self.c.limiter)
+        return channel_class(cfg.channel)(cfg, ctx)
+
+    # -- sync ------------------------------------------------------------------------------------
+    async def sync(self, ref: int | str, progress: Progress | None = None) -> SyncReport:
+        """Pull followers and tags of an Official Account into contacts/identities/tags."""
+        acc = self.get(ref)
+        if acc.channel != "wechat_oa":
+            raise AccountError(f"sync is available for wechat_oa accounts, not {acc.channel}")
+        started = time.time()
+        report = {"followers": 0, "new": 0, "tags": 0, "tagged": 0}
+        async with HttpClient(self.c.settings.http_timeout) as http:
+            oa = self.adapter(acc, http)
+            assert isinstance(oa, WechatOA)
+            async for page in oa.followers():
+                report["new"] += self._upsert_followers(acc.id, page, started)
+                report["followers"] += len(page)
+                if progress:
+                    progress("followers", report["followers"], None)
+            unsubscribed = self._mark_unsubscribed(acc.id, started)
+            for tag in await oa.tags():
+                report["tags"] += 1
+                tag_row = self._upsert_tag(acc.id, int(tag["id"]), str(tag["name"]))
+                async for page in oa.tag_members(int(tag["id"])):
+                    report["tagged"] += self._add_tag_members(acc.id, tag_row, page)
+                    if progress:
+                        progress(f"tag {tag['name']}", report["tagged"], None)
+                self._count_tag(tag_row)
+        with self.c.sessions() as s:
+            s.execute(update(Account).where(Account.id == acc.id).values(synced_at=time.time()))
+            s.commit()
+        return SyncReport(
+            followers=report["followers"],
+            new=report["new"],
+            unsubscribed=unsubscribed,
+            tags=report["tags"],
+            tagged=report["tagged"],
+            seconds=time.time() - started,
+        )
+
+    def _identity_ids(self, account_id: int, openids: list[str]) -> dict[bytes, int]:
+        ring = self.c.keyring
+        bis = [ring.blind(o) for o in openids]
+        with self.c.sessions() as s:
+            rows = s.execute(
+                select(Identity.value_bi, Identity.id).where(
+                    Identity.account_id == account_id,
+                    Identity.kind == "openid",
+                    Identity.value_bi.in_(bis),
+                )
+            )
+            return {bytes(bi): iid for bi, iid in rows}
+
+    def _upsert_followers(self, account_id: int, openids: list[str], now: float) -> int:
+        ring = self.c.keyring
+        existing = self._identity_ids(account_id, openids)
+        fresh = [o for o in openids if ring.blind(o) not in existing]
+        with self.c.sessions() as s:
+            if existing:
+                s.execute(
+                    update(Identity)
+                    .where(Identity.id.in_(list(existing.values())))
+                    .values(subscribed=True, updated_at=now)
+                )
+            if fresh:
+                contact_ids = s.scalars(
+                    insert(Contact).returning(Contact.id, sort_by_parameter_order=True),
+                    [{"created_at": now, "updated_at": now} for _ in fresh],
+                ).all()
+                s.execute(
+                    insert(Identity),
+                    [
+                        {
+                            "contact_id": cid,
+                            "account_id": account_id,
+                            "kind": "openid",
+                            "value_enc": ring.encrypt(o),
+                            "value_bi": ring.blind(o),
+                            "subscribed": True,
+                            "subscribed_at": now,
+                            "updated_at": now,
+                        }
+                        for cid, o in zip(contact_ids, fresh, strict=True)
+                    ],
+                )
+            s.commit()
+        return len(fresh)
+
+    def _mark_unsubscribed(self, account_id: int, sync_started: float) -> int:
+        with self.c.sessions() as s:
+            result = s.execute(
+                update(Identity)
+                .where(
+                    Identity.account_id == account_id,
+                    Identity.kind == "openid",
+                    Identity.subscribed.is_(True),
+                    Identity.updated_at < sync_started,
+                )
+                .values(subscribed=False, updated_at=time.time())
+            )
+            s.commit()
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def _upsert_tag(self, account_id: int, platform_id: int, name: str) -> int:
+        with self.c.sessions() as s:
+            tag = s.scalars(
+                select(Tag).where(Tag.account_id == account_id, Tag.name == name)
+            ).one_or_none()
+            if tag is None:
+                tag = Tag(account_id=account_id, name=name, source="synced")
+                s.add(tag)
+            tag.platform_tag_id = platform_id
+            s.flush()
+            s.execute(delete(IdentityTag).where(IdentityTag.tag_id == tag.id))
+            s.commit()
+            return tag.id
+
+    def _add_tag_members(self, account_id: int, tag_id: int, openids: list[str]) -> int:
+        ids = self._identity_ids(account_id, openids)
+        if not ids:
+            return 0
+        with self.c.sessions() as s:
+            s.execute(
+                insert(IdentityTag),
+                [{"tag_id": tag_id, "identity_id": iid} for iid in ids.values()],
+            )
+            s.commit()
+        return len(ids)
+
+    def _count_tag(self, tag_id: int) -> None:
+        with self.c.sessions() as s:
+            count = s.scalar(
+                select(func.count()).select_from(IdentityTag).where(IdentityTag.tag_id == tag_id)
+            )
+            s.execute(update(Tag).where(Tag.id == tag_id).values(member_count=count or 0))
+            s.commit()

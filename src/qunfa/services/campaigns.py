@@ -1,0 +1,394 @@
+"""Campaigns: create, plan (audience → delivery rows → batches, set-based), start, report.
+
+Planning streams the audience in keyset pages: each page is one ``INSERT … SELECT`` that
+creates the delivery rows and numbers their batches in SQL (see ``storage/queries.py``), then
+one small query turns the page's batch numbers into batch rows with deterministic keys. No
+recipient ever passes through Python memory during planning.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, insert, select, update
+
+from qunfa.channels.registry import channel_class
+from qunfa.domain.audience import Audience, AudienceError, parse_audience
+from qunfa.domain.keys import batch_key
+from qunfa.domain.states import CampaignState, campaign_transition
+from qunfa.storage import queries as q
+from qunfa.storage.models import Account, Batch, Campaign, Delivery, Identity, Tag
+
+if TYPE_CHECKING:
+    from qunfa.bootstrap import Container
+
+Progress = Callable[[str, int, int | None], None]
+SINGLE_BATCH = 2**31 - 1  # "batch size" that puts the whole audience in batch 0
+
+
+class CampaignError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    campaign_id: int
+    recipients: int
+    batches: int
+    seconds: float
+
+
+def validate_content(channel: str, content: dict[str, Any]) -> None:
+    """Reject content the platform would refuse, with what to do about it."""
+    if channel == "wechat_oa":
+        msgtype = content.get("msgtype")
+        if msgtype not in ("text", "mpnews", "image", "voice", "mpvideo", "wxcard"):
+            raise CampaignError(
+                f"msgtype {msgtype!r} cannot be mass-sent; use text, mpnews, image, voice, "
+                "mpvideo or wxcard"
+            )
+        body = content.get(msgtype)
+        if not isinstance(body, dict) or not body:
+            raise CampaignError(f"content needs a {msgtype!r} object, e.g. {{'content': '…'}}")
+        if msgtype == "text" and not str(body.get("content", "")).strip():
+            raise CampaignError("text content is empty: pass --text '…'")
+    elif channel == "wechat_template":
+        if not content.get("template_id"):
+            raise CampaignError("a template message needs template_id (--template ID)")
+        if not isinstance(content.get("data"), dict) or not content["data"]:
+            raise CampaignError("a template message needs data fields (--field key=value …)")
+
+
+class CampaignService:
+    def __init__(self, c: Container) -> None:
+        self.c = c
+
+    # -- create ---------------------------------------------------------------------------------
+    def create(
+        self,
+        *,
+        name: str,
+        channel: str,
+        account: int | str,
+        audience: str,
+        content: dict[str, Any],
+        as_list: bool = False,
+    ) -> Campaign:
+        """Create a draft. ``as_list`` sends a tag or everyone as openid lists (mass/send)."""
+        channel_class(channel)
+        try:
+            aud = parse_audience(audience)
+        except AudienceError as exc:
+            raise CampaignError(str(exc)) from exc
+        validate_content(channel, content)
+        acc = self.c.accounts.get(account)
+        if channel == "wechat_template":
+            mode = "template"
+        elif aud.kind == "openids" or as_list:
+            mode = "list"
+        else:
+            mode = "to_all" if aud.kind == "all" else "tag"
+        if aud.kind == "tag":
+            self._tag(acc.id, aud)  # fail now, not at plan time, if it does not exist
+        with self.c.sessions() as s:
+            camp = Campaign(
+                uid=uuid.uuid4().hex,
+                name=name,
+                channel=channel,
+                account_id=acc.id,
+                audience=str(aud),
+                mode=mode,
+                content=content,
+                state=CampaignState.DRAFT,
+                created_at=time.time(),
+            )
+            s.add(camp)
+            s.commit()
+            return camp
+
+    def _tag(self, account_id: int, aud: Audience) -> Tag:
+        with self.c.sessions() as s:
+            tag = s.scalars(
+                select(Tag).where(Tag.account_id == account_id, Tag.name == aud.tag)
+            ).one_or_none()
+            if tag is None:
+                known = s.scalars(select(Tag.name).where(Tag.account_id == account_id)).all()
+                hint = f"known tags: {', '.join(known)}" if known else "no tags synced yet"
+                raise CampaignError(
+                    f"tag {aud.tag!r} not found on this account ({hint}); "
+                    "run `qunfa accounts sync` if it is new"
+                )
+            return tag
+
+    def get(self, campaign_id: int) -> Campaign:
+        with self.c.sessions() as s:
+            camp = s.get(Campaign, campaign_id)
+            if camp is None:
+                raise CampaignError(f"no campaign {campaign_id}; see `qunfa campaign list`")
+            return camp
+
+    def _set_state(self, campaign_id: int, target: CampaignState, **values: Any) -> None:
+        with self.c.sessions() as s:
+            camp = s.get(Campaign, campaign_id)
+            assert camp is not None
+            camp.state = campaign_transition(camp.state, target)
+            for k, v in values.items():
+                setattr(camp, k, v)
+            s.commit()
+
+    # -- plan -----------------------------------------------------------------------------------
+    def plan(self, campaign_id: int, progress: Progress | None = None) -> PlanReport:
+        """Materialise recipients and batches. Safe to re-run after a crash mid-plan."""
+        started = time.time()
+        camp = self.get(campaign_id)
+        if camp.state not in (CampaignState.DRAFT, CampaignState.PLANNING):
+            raise CampaignError(f"campaign {campaign_id} is {camp.state}; only drafts are planned")
+        self._set_state(campaign_id, CampaignState.PLANNING)
+        acc = self.c.accounts.get(camp.account_id)
+        with self.c.sessions() as s:  # a crash mid-plan left partial rows: start over
+            s.execute(delete(Delivery).where(Delivery.campaign_id == campaign_id))
+            s.execute(delete(Batch).where(Batch.campaign_id == campaign_id))
+            s.commit()
+        batch_size = self._batch_size(camp, acc)
+        aud = parse_audience(camp.audience)
+        if aud.kind == "openids":
+            total = self._plan_explicit(camp, acc, aud, batch_size)
+        else:
+            total = self._plan_pages(camp, acc, aud, batch_size, progress)
+        with self.c.sessions() as s:
+            nbatches = s.scalar(
+                select(func.count()).select_from(Batch).where(Batch.campaign_id == campaign_id)
+            )
+        if total == 0:
+            self._set_state(
+                campaign_id,
+                CampaignState.FAILED,
+                last_error="the audience is empty: no subscribed follower matches it",
+            )
+        else:
+            self._set_state(
+                campaign_id,
+                CampaignState.PLANNED,
+                planned_count=total,
+                batch_count=nbatches or 0,
+                planned_at=time.time(),
+            )
+        return PlanReport(campaign_id, total, nbatches or 0, time.time() - started)
+
+    def _batch_size(self, camp: Campaign, acc: Account) -> int:
+        rules = self.c.accounts.config(acc, camp.channel).rules
+        return channel_class(camp.channel).batch_size(rules, camp.mode)
+
+    def _plan_pages(
+        self,
+        camp: Campaign,
+        acc: Account,
+        aud: Audience,
+        batch_size: int,
+        progress: Progress | None,
+    ) -> int:
+        single = batch_size == 0
+        size = SINGLE_BATCH if single else batch_size
+        page = self.c.settings.plan_page_size
+        if not single:
+            page = max(1, -(-page // size)) * size  # whole batches per page
+        tag_id = self._tag(acc.id, aud).id if aud.kind == "tag" else None
+        insert_sql = q.PLAN_PAGE_TAG if tag_id else q.PLAN_PAGE_ALL
+        end_sql = q.PLAN_PAGE_END_TAG if tag_id else q.PLAN_PAGE_END_ALL
+        params: dict[str, Any] = {
+            "campaign_id": camp.id,
+            "account_id": acc.id,
+            "kind": "openid",
+            "yes": True,
+            "page_size": page,
+            "batch_size": size,
+            "tag_id": tag_id,
+        }
+        after, base, total = 0, 0, 0
+        while True:
+            with self.c.engine.begin() as conn:
+                end = conn.execute(end_sql, {**params, "after_id": after}).scalar()
+                if end is None:
+                    break
+                now = time.time()
+                conn.execute(
+                    insert_sql, {**params, "after_id": after, "batch_base": base, "now": now}
+                )
+                if not single:
+                    sizes = conn.execute(
+                        q.PLAN_BATCH_SIZES, {"campaign_id": camp.id, "batch_base": base}
+                    ).all()
+                    self._insert_batches(conn, camp, [(int(n), int(c)) for n, c in sizes])
+                    total += sum(int(c) for _, c in sizes)
+                    base = int(sizes[-1][0]) + 1 if sizes else base
+                else:
+                    total = int(
+                        conn.execute(
+                            select(func.count())
+                            .select_from(Delivery)
+                            .where(Delivery.campaign_id == camp.id)
+                        ).scalar_one()
+                    )
+            after = int(end)
+            if progress:
+                progress("planning", total, None)
+        if single and total:
+            with self.c.engine.begin() as conn:
+                self._insert_batches(conn, camp, [(0, total)])
+        return total
+
+    def _insert_batches(self, conn: Any, camp: Campaign, sizes: list[tuple[int, int]]) -> None:
+        if not sizes:
+            return
+        conn.execute(
+            insert(Batch),
+            [
+                {
+                    "campaign_id": camp.id,
+                    "batch_no": no,
+                    "state": "pending",
+                    "size": n,
+                    "idempotency_key": batch_key(camp.uid, no),
+                    "next_attempt_at": 0.0,
+                }
+                for no, n in sizes
+            ],
+        )
+
+    def _plan_explicit(self, camp: Campaign, acc: Account, aud: Audience, batch_size: int) -> int:
+        ring = self.c.keyring
+        bis = [ring.blind(o) for o in dict.fromkeys(aud.openids)]
+        with self.c.sessions() as s:
+            rows = s.execute(
+                select(Identity.id, Identity.contact_id)
+                .where(
+                    Identity.account_id == acc.id,
+                    Identity.kind == "openid",
+                    Identity.subscribed.is_(True),
+                    Identity.value_bi.in_(bis),
+                )
+                .order_by(Identity.id)
+            ).all()
+        if not rows:
+            return 0
+        size = batch_size or SINGLE_BATCH
+        now = time.time()
+        with self.c.engine.begin() as conn:
+            conn.execute(
+                insert(Delivery),
+                [
+                    {
+                        "campaign_id": camp.id,
+                        "batch_no": i // size,
+                        "identity_id": iid,
+                        "contact_id": cid,
+                        "status": "planned",
+                        "updated_at": now,
+                    }
+                    for i, (iid, cid) in enumerate(rows)
+                ],
+            )
+            counts: dict[int, int] = {}
+            for i in range(len(rows)):
+                counts[i // size] = counts.get(i // size, 0) + 1
+            self._insert_batches(conn, camp, sorted(counts.items()))
+        return len(rows)
+
+    # -- start ----------------------------------------------------------------------------------
+    def start(self, campaign_id: int, progress: Progress | None = None) -> PlanReport | None:
+        """Plan (if still a draft), then hand every batch to the workers. Resumes a paused one."""
+        camp = self.get(campaign_id)
+        report = None
+        if camp.state in (CampaignState.DRAFT, CampaignState.PLANNING):
+            report = self.plan(campaign_id, progress)
+            camp = self.get(campaign_id)
+        if camp.state == CampaignState.PLANNED:
+            self._set_state(campaign_id, CampaignState.SENDING, started_at=time.time())
+        elif camp.state == CampaignState.PAUSED:
+            self._set_state(campaign_id, CampaignState.SENDING, last_error=None)
+        elif camp.state != CampaignState.SENDING:
+            raise CampaignError(f"campaign {campaign_id} is {camp.state} and cannot be sent")
+        now = time.time()
+        with self.c.sessions() as s:
+            ids = list(
+                s.scalars(
+                    select(Batch.id).where(
+                        Batch.campaign_id == campaign_id,
+                        Batch.state.in_(("pending", "retry", "deferred")),
+                    )
+                )
+            )
+            s.execute(update(Batch).where(Batch.id.in_(ids)).values(enqueued_at=now))
+            s.commit()
+        self.c.enqueue(ids)
+        return report
+
+    def cancel(self, campaign_id: int) -> None:
+        self._set_state(campaign_id, CampaignState.CANCELLED, finished_at=time.time())
+        with self.c.sessions() as s:
+            s.execute(
+                update(Batch)
+                .where(
+                    Batch.campaign_id == campaign_id,
+                    Batch.state.in_(("pending", "retry", "deferred")),
+                )
+                .values(state="cancelled")
+            )
+            s.commit()
+
+    # -- report ---------------------------------------------------------------------------------
+    def status(self, campaign_id: int) -> dict[str, Any]:
+        camp = self.get(campaign_id)
+        with self.c.engine.connect() as conn:
+            batches = {
+                st: {"batches": int(n), "recipients": int(sz)}
+                for st, n, sz in conn.execute(q.BATCH_STATE_COUNTS, {"campaign_id": camp.id})
+            }
+            deliveries = {
+                st: int(n)
+                for st, n in conn.execute(q.DELIVERY_STATUS_COUNTS, {"campaign_id": camp.id})
+            }
+            platform = conn.execute(
+                select(
+                    func.sum(Batch.total_count),
+                    func.sum(Batch.filter_count),
+                    func.sum(Batch.sent_count),
+                    func.sum(Batch.error_count),
+                ).where(Batch.campaign_id == camp.id)
+            ).one()
+        acc = self.c.accounts.get(camp.account_id)
+        return {
+            "id": camp.id,
+            "uid": camp.uid,
+            "name": camp.name,
+            "channel": camp.channel,
+            "account": acc.app_id,
+            "audience": camp.audience,
+            "mode": camp.mode,
+            "state": camp.state,
+            "planned": camp.planned_count,
+            "batches": batches,
+            "deliveries": deliveries,
+            "platform": {
+                "total": platform[0],
+                "filter": platform[1],
+                "sent": platform[2],
+                "error": platform[3],
+            },
+            "last_error": camp.last_error,
+            "created_at": camp.created_at,
+            "started_at": camp.started_at,
+            "finished_at": camp.finished_at,
+        }
+
+    def all(self) -> list[dict[str, Any]]:
+        with self.c.sessions() as s:
+            ids = list(s.scalars(select(Campaign.id).order_by(Campaign.id.desc())))
+        return [self.status(i) for i in ids]
+
+    def plan_report(self, report: PlanReport) -> dict[str, Any]:
+        return asdict(report)

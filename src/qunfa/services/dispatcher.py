@@ -1,0 +1,300 @@
+"""Send one batch, exactly once: lease → ledger → platform call → ledger.
+
+1. **Lease** the batch in one UPDATE (``LEASE_BATCH``). A batch whose previous holder's lease
+   expired is *in doubt*: that holder may have reached the platform before dying.
+2. An in-doubt batch older than the platform's dedupe window is marked **unknown** and never
+   re-sent; younger ones are re-sent with the **same idempotency key**, so the platform
+   answers with the original message id (45065 for Official Accounts) instead of sending twice.
+3. The ledger rows move planned → sending *before* the call and sending → sent/failed after.
+4. The outcome's :class:`ErrorClass` decides: retry with backoff, defer to the next quota
+   period, fail the batch, or pause the campaign for an account problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select, update
+
+from qunfa.channels.base import OutboundBatch
+from qunfa.channels.http import HttpClient
+from qunfa.domain.backoff import backoff_delay
+from qunfa.domain.outcomes import BatchOutcome, ErrorClass
+from qunfa.domain.states import TERMINAL_BATCH_STATES, BatchState, CampaignState
+from qunfa.storage import queries as q
+from qunfa.storage.models import Account, Batch, Campaign
+
+if TYPE_CHECKING:
+    from qunfa.bootstrap import Container
+
+log = logging.getLogger("qunfa.dispatch")
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+class Dispatcher:
+    def __init__(self, c: Container) -> None:
+        self.c = c
+
+    def run(self, batch_id: int) -> str:
+        """Entry point for a worker thread: one event loop and HTTP session per batch."""
+        return asyncio.run(self._run(batch_id))
+
+    async def _run(self, batch_id: int) -> str:
+        async with HttpClient(self.c.settings.http_timeout) as http:
+            return await self.send(batch_id, http)
+
+    async def send(self, batch_id: int, http: HttpClient) -> str:
+        """Send batch ``batch_id`` if it is due; returns the batch's state afterwards."""
+        s = self.c.settings
+        owner = worker_id()
+        with self.c.sessions() as session:
+            found = session.execute(
+                select(Batch, Campaign, Account)
+                .join(Campaign, Campaign.id == Batch.campaign_id)
+                .join(Account, Account.id == Campaign.account_id)
+                .where(Batch.id == batch_id)
+            ).one_or_none()
+        if found is None:
+            return "missing"
+        batch, camp, acc = found
+        if camp.state != CampaignState.SENDING:
+            return f"campaign {camp.state}"
+        now = time.time()
+        with self.c.engine.begin() as conn:
+            leased = conn.execute(
+                q.LEASE_BATCH,
+                {
+                    "batch_id": batch_id,
+                    "owner": owner,
+                    "now": now,
+                    "lease_seconds": s.lease_seconds,
+                    "yes": True,
+                },
+            ).rowcount
+        if leased != 1:
+            return "busy"  # another worker has it, or it is not due yet
+        with self.c.sessions() as session:
+            batch = session.get(Batch, batch_id)  # type: ignore[assignment]
+            assert batch is not None
+        if batch.in_doubt and now - (batch.first_attempt_at or now) > s.unknown_after:
+            # Past the platform's dedupe window a re-send could deliver twice: stop here.
+            self._finish(batch, owner, BatchState.UNKNOWN, "in doubt beyond the dedupe window")
+            return BatchState.UNKNOWN
+
+        rows = self._recipients(camp.id, batch.batch_no) if camp.mode != "to_all" else []
+        if camp.mode in ("list", "template") and not rows:
+            self._finish(batch, owner, BatchState.DONE, None)  # every recipient already settled
+            return BatchState.DONE
+        recipients = [openid for _, openid in rows]
+        self._mark(camp.id, batch.batch_no, ("planned",), "sending", None)
+
+        adapter = self.c.accounts.adapter(acc, http, camp.channel)
+        tag_id = None
+        if camp.mode == "tag":
+            tag_id = self._platform_tag_id(acc.id, camp.audience.partition(":")[2])
+        outbound = OutboundBatch(
+            campaign_uid=camp.uid,
+            batch_no=batch.batch_no,
+            key=batch.idempotency_key,
+            mode=camp.mode,
+            content=camp.content,
+            recipients=recipients,
+            tag_id=tag_id,
+        )
+        outcome = await adapter.send_batch(outbound)
+        return self.record(batch, camp, owner, outcome, dict((o, d) for d, o in rows))
+
+    # -- reading --------------------------------------------------------------------------------
+    def _recipients(self, campaign_id: int, batch_no: int) -> list[tuple[int, str]]:
+        decrypt = self.c.keyring.decrypt
+        with self.c.engine.connect() as conn:
+            result = conn.execute(
+                q.BATCH_RECIPIENTS, {"campaign_id": campaign_id, "batch_no": batch_no}
+            )
+            return [(int(did), decrypt(enc)) for did, enc in result]
+
+    def _platform_tag_id(self, account_id: int, name: str) -> int | None:
+        from qunfa.storage.models import Tag
+
+        with self.c.sessions() as s:
+            return s.scalar(
+                select(Tag.platform_tag_id).where(Tag.account_id == account_id, Tag.name == name)
+            )
+
+    # -- writing --------------------------------------------------------------------------------
+    def _mark(
+        self,
+        campaign_id: int,
+        batch_no: int,
+        from_status: tuple[str, ...],
+        to_status: str,
+        reason: str | None,
+    ) -> None:
+        with self.c.engine.begin() as conn:
+            conn.execute(
+                q.MARK_BATCH_DELIVERIES,
+                {
+                    "campaign_id": campaign_id,
+                    "batch_no": batch_no,
+                    "from_status": list(from_status),
+                    "to_status": to_status,
+                    "reason": reason,
+                    "now": time.time(),
+                },
+            )
+
+    def _update_batch(self, batch: Batch, owner: str, **values: Any) -> bool:
+        """Write the attempt's result if we still hold the lease (a late writer loses)."""
+        with self.c.sessions() as s:
+            result = s.execute(
+                update(Batch)
+                .where(Batch.id == batch.id, Batch.state == "sending", Batch.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None, **values)
+            )
+            s.commit()
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                log.warning("batch %s: lease lost before recording %s", batch.id, values)
+                return False
+            return True
+
+    def _finish(self, batch: Batch, owner: str, state: BatchState, error: str | None) -> None:
+        status = {BatchState.UNKNOWN: "unknown", BatchState.FAILED: "failed"}.get(state)
+        if self._update_batch(batch, owner, state=state, last_error=error, finished_at=time.time()):
+            if status:
+                self._mark(batch.campaign_id, batch.batch_no, ("planned", "sending"), status, error)
+            self.check_campaign(batch.campaign_id)
+
+    def record(
+        self,
+        batch: Batch,
+        camp: Campaign,
+        owner: str,
+        outcome: BatchOutcome,
+        delivery_of: dict[str, int],
+    ) -> str:
+        now = time.time()
+        self._record_recipients(outcome, delivery_of, now)
+        if outcome.accepted:
+            state = BatchState.DONE if outcome.done else BatchState.ACCEPTED
+            ok = self._update_batch(
+                batch,
+                owner,
+                state=state,
+                platform_msg_id=outcome.platform_msg_id,
+                accepted_at=now,
+                finished_at=now if outcome.done else None,
+                last_error=None,
+                last_errcode=None,
+            )
+            if ok:
+                self._mark(camp.id, batch.batch_no, ("sending",), "sent", None)
+                if outcome.done:
+                    self.check_campaign(camp.id)
+            return state
+        error = outcome.error
+        assert error is not None
+        in_doubt = batch.in_doubt or outcome.in_doubt
+        common = {"last_errcode": str(error.code), "last_error": error.message[:500]}
+        attempts = batch.attempts
+        if error.klass is ErrorClass.RETRYABLE and attempts >= self.c.settings.max_attempts:
+            final = BatchState.UNKNOWN if in_doubt else BatchState.FAILED
+            self._finish(
+                batch, owner, final, f"gave up after {attempts} attempts: {error.describe()}"
+            )
+            return final
+        if error.klass in (ErrorClass.BATCH, ErrorClass.RECIPIENT):
+            self._finish(batch, owner, BatchState.FAILED, error.describe())
+            return BatchState.FAILED
+        if error.klass is ErrorClass.QUOTA:
+            wait = error.retry_after or 3600.0
+            state = BatchState.DEFERRED
+        elif error.klass is ErrorClass.ACCOUNT:
+            wait = 60.0
+            state = BatchState.RETRY
+            self.pause(camp.id, f"account problem: {error.describe()} — fix it, then resume")
+        else:
+            rng_wait = backoff_delay(
+                attempts,
+                base=self.c.settings.retry_base,
+                cap=self.c.settings.retry_max,
+                minimum=error.retry_after,
+            )
+            wait, state = rng_wait, BatchState.RETRY
+        self._update_batch(
+            batch,
+            owner,
+            state=state,
+            next_attempt_at=now + wait,
+            enqueued_at=None,
+            in_doubt=in_doubt,
+            **common,
+        )
+        if not in_doubt:  # nothing reached the platform for these: back to planned
+            self._mark(camp.id, batch.batch_no, ("sending",), "planned", None)
+        return state
+
+    def _record_recipients(
+        self, outcome: BatchOutcome, delivery_of: dict[str, int], now: float
+    ) -> None:
+        rows = [
+            {
+                "delivery_id": delivery_of[o],
+                "status": "sent",
+                "reason": None,
+                "msg_id": m,
+                "now": now,
+            }
+            for o, m in outcome.recipient_msg_ids.items()
+            if o in delivery_of
+        ] + [
+            {
+                "delivery_id": delivery_of[o],
+                "status": "failed",
+                "reason": e.describe()[:200],
+                "msg_id": None,
+                "now": now,
+            }
+            for o, e in outcome.recipient_failures.items()
+            if o in delivery_of
+        ]
+        if rows:
+            with self.c.engine.begin() as conn:
+                conn.execute(q.MARK_DELIVERY, rows)
+
+    # -- campaign level -------------------------------------------------------------------------
+    def pause(self, campaign_id: int, reason: str) -> None:
+        with self.c.sessions() as s:
+            s.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign_id, Campaign.state == CampaignState.SENDING)
+                .values(state=CampaignState.PAUSED, last_error=reason)
+            )
+            s.commit()
+
+    def check_campaign(self, campaign_id: int) -> bool:
+        """Mark the campaign done when every batch is terminal; True if it is done."""
+        terminal = [str(st) for st in TERMINAL_BATCH_STATES]
+        with self.c.sessions() as s:
+            open_batches = s.scalar(
+                select(func.count())
+                .select_from(Batch)
+                .where(Batch.campaign_id == campaign_id, Batch.state.not_in(terminal))
+            )
+            if open_batches:
+                return False
+            s.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign_id, Campaign.state == CampaignState.SENDING)
+                .values(state=CampaignState.DONE, finished_at=time.time())
+            )
+            s.commit()
+            return True

@@ -1,0 +1,1 @@
+"""Storage adapter: SQLAlchemy models, engine set-up, migrations and the named hot-path SQL."""

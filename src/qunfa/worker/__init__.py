@@ -1,0 +1,1 @@
+"""The worker: Huey consumer (one task per batch) plus the sweeper thread."""
