@@ -34,17 +34,27 @@ def test_published_vector_signature_and_decrypt() -> None:
     assert msg == "5927782489442352469"
 
 
+ENCRYPTED = (
+    "9s4gMv99m88kKTh/H8IdkOiMg6bisoy3ypwy9H4hvSPe9nsGaqyw5hhSjdYbcrKk+j3nba4HMOTzHrluLBYqxgNcBqGsL8Gq"
+    "xlhZgURnAtObvesEl5nZ+uBE8bviY0LWke8Zy9V/QYKxNV2FqllNXcfmstttyIkMKCCmVbCFM2JTF5wY0nFhHZSjPUL2Q1qv"
+    "SUCUld+/WIXrx0oyKQmpB6o8NRrrNrsDf03oxI1p9FxUgMnwKKZeOA/uu+2IEvEBtb7muXsVbwbgX05UPPJvFurDXafG0RQy"
+    "PR+mf1nDnAtQmmNOuiR5MIkdQ39xn1vWwi1O5oazPoQJz0nTYjxxEE8kv3kFxtAGVRe3ypD3WeK2XeFYFMNMpatF9XiKzHo3"
+)
+REPLY = (
+    "<xml>\n<MsgType><![CDATA[text]]></MsgType>\n<Content><![CDATA[test]]></Content>\n"
+    "<FromUserName><![CDATA[wx49f0ab532d5d035a]]></FromUserName>\n"
+    "<ToUserName><![CDATA[messense]]></ToUserName>\n<AgentID>1</AgentID>\n"
+    "<CreateTime>1411525903</CreateTime>\n</xml>"
+)
+
+
 def test_published_vector_encrypt_side() -> None:
-    # Same file of the vector: fixed random prefix, nonce and timestamp give a known signature.
+    # wechatpy's encrypt vector: fixed random prefix, nonce 461056294, timestamp 1411525903.
     c = crypt()
-    reply = (
-        "<xml><ToUserName><![CDATA[wx49f0ab532d5d035a]]></ToUserName>"
-        "<FromUserName><![CDATA[messense]]></FromUserName><CreateTime>1411525903</CreateTime>"
-        "<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[test]]></Content></xml>"
-    )
-    enc = c.encrypt(reply, random_prefix=b"1234567890123456")
+    enc = c.encrypt(REPLY, random_prefix=b"1234567890123456")
+    assert enc == ENCRYPTED
     assert c.sign("1411525903", "461056294", enc) == "407518b7649e86ef23978113f92d27afa9296533"
-    assert c.decrypt(enc) == reply
+    assert c.decrypt(enc) == REPLY
 
 
 def test_wrong_signature_is_rejected() -> None:
