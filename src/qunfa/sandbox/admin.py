@@ -65,8 +65,7 @@ async def set_faults(request: web.Request) -> web.Response:
     if data.pop("revoke_tokens", False):
         revoked = wechat_accounts.revoke_all_tokens(request.app[STATE])
     injector = request.app[FAULTS]
-    rest = {k: v for k, v in data.items() if k not in ("platform", "seed")}
-    if rest or injector.config is None:
+    if data:  # {"revoke_tokens": true} alone leaves the active configuration as it is
         injector.configure(FaultConfig.from_json(data))
     out = injector.describe()
     if revoked is not None:

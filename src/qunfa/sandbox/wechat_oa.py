@@ -18,12 +18,14 @@ from aiohttp import web
 from qunfa.sandbox import callbacks, ledger
 from qunfa.sandbox.state import STATE, State
 from qunfa.sandbox.wechat_accounts import (
+    ALIVE,
     Account,
     ApiError,
     Call,
     endpoint,
     error_body,
     event_xml,
+    follower_state,
     helper_openid,
     issue_token,
     load_account,
@@ -122,23 +124,16 @@ async def stable_token(request: web.Request) -> web.Response:
 # -- users (§1.8) ---------------------------------------------------------------------------------
 def user_get(call: Call, acct: Account) -> dict[str, Any]:
     db, next_openid = call.state.db, call.query.get("next_openid", "")
-    after = -1
-    if next_openid:
-        row = db.execute(
-            "SELECT idx FROM wx_followers WHERE openid = ? AND appid = ?", (next_openid, acct.appid)
-        ).fetchone()
-        if row is None:
-            raise ApiError(40003, "invalid openid")
-        after = row[0]
-    total = call.state.one(
-        "SELECT count(*) FROM wx_followers WHERE appid = ? AND unfollowed = 0", (acct.appid,)
-    )
-    openids = [
+    if next_openid and follower_state(db, acct.appid, next_openid) is None:
+        raise ApiError(40003, "invalid openid")
+    gone = call.state.one("SELECT count(*) FROM wx_unfollowed WHERE appid = ?", (acct.appid,))
+    total = acct.followers - gone
+    openids = [  # pages in openid order (the primary key), so each page is one range scan
         r[0]
         for r in db.execute(
-            "SELECT openid FROM wx_followers WHERE appid = ? AND idx > ? AND unfollowed = 0"
-            " ORDER BY idx LIMIT ?",
-            (acct.appid, after, acct.rules["user_get_page_size"]),
+            f"SELECT openid FROM wx_followers f WHERE appid = ? AND openid > ? AND {ALIVE}"
+            " ORDER BY openid LIMIT ?",
+            (acct.appid, next_openid, acct.rules["user_get_page_size"]),
         )
     ]
     if not openids:  # the platform's last call: count 0, no data
@@ -154,14 +149,11 @@ def batchget(call: Call, acct: Account) -> dict[str, Any]:
     out = []
     for item in items:
         openid = str(item.get("openid", "")) if isinstance(item, dict) else ""
-        row = call.state.db.execute(
-            "SELECT unfollowed FROM wx_followers WHERE openid = ? AND appid = ?",
-            (openid, acct.appid),
-        ).fetchone()
-        if row is None:
+        status = follower_state(call.state.db, acct.appid, openid)
+        if status is None:
             raise ApiError(40003, "invalid openid")
         info = profile(openid, acct.created_at)
-        if row[0]:
+        if status == "unfollowed":
             out.append({"subscribe": 0, "openid": openid, "unionid": info["unionid"]})
             continue
         tags = [
@@ -319,19 +311,22 @@ def _deliver(
     """Write the ledger rows set-based; returns (total, filter, sent, error) for the job."""
     db, appid = call.state.db, acct.appid
     if touser is not None:
-        source = "FROM json_each(?) j JOIN wx_followers f ON f.openid = j.value"
-        params: tuple[Any, ...] = (json.dumps(touser), appid)
+        # CROSS JOIN pins json_each as the outer loop: each listed openid is one primary-key
+        # probe. A plain JOIN lets SQLite walk every follower of the account and scan the
+        # list for each, which is quadratic (seconds for 10,000 of 25,000).
+        source = (
+            "FROM json_each(?) j CROSS JOIN wx_followers f ON f.appid = ? AND f.openid = j.value"
+        )
+        params: tuple[Any, ...] = (json.dumps(touser), appid, appid)
     elif to_all:
         source, params = "FROM wx_followers f", (appid,)
     else:
         source = (
-            "FROM wx_follower_tags t JOIN wx_followers f ON f.openid = t.openid"
-            " AND t.appid = ? AND t.tag_id = ?"
+            "FROM wx_follower_tags t JOIN wx_followers f ON f.appid = t.appid"
+            " AND f.openid = t.openid AND t.appid = ? AND t.tag_id = ?"
         )
         params = (appid, tag_id, appid)
-    reachable = call.state.one(
-        f"SELECT count(*) {source} WHERE f.appid = ? AND f.unfollowed = 0", params
-    )
+    reachable = call.state.one(f"SELECT count(*) {source} WHERE f.appid = ? AND {ALIVE}", params)
     if touser is not None and reachable == 0:
         raise ApiError(40003, "invalid openid")
     total = len(touser) if touser is not None else reachable
@@ -346,7 +341,7 @@ def _deliver(
     cur = db.execute(
         "INSERT INTO ledger(channel, account, recipient, message_id, ts)"
         f" SELECT ?, f.appid, f.openid, ?, ? {source}"
-        f" WHERE f.appid = ? AND f.unfollowed = 0{quota}",
+        f" WHERE f.appid = ? AND {ALIVE}{quota}",
         (CHANNEL, str(msg_id), now, *params, *extra),
     )
     sent = cur.rowcount
@@ -377,13 +372,10 @@ def preview(call: Call, acct: Account) -> dict[str, Any]:
         if used >= acct.rules["preview_towxname_per_day"]:
             raise ApiError(45009, "reach max api daily quota limit")
     else:
-        row = state.db.execute(
-            "SELECT unfollowed FROM wx_followers WHERE openid = ? AND appid = ?",
-            (str(openid or ""), acct.appid),
-        ).fetchone()
-        if row is None:
+        status = follower_state(state.db, acct.appid, str(openid or ""))
+        if status is None:
             raise ApiError(40003, "invalid openid")
-        if row[0]:
+        if status == "unfollowed":
             raise ApiError(43004, "require subscribe")
         recipient = str(openid)
     with state.tx() as db:

@@ -26,6 +26,7 @@ from qunfa.sandbox.wechat_accounts import (
     Call,
     endpoint,
     event_xml,
+    follower_state,
     load_account,
 )
 from qunfa.sandbox.wechat_oa import PREFIX, post_event
@@ -75,12 +76,10 @@ def send(call: Call, acct: Account) -> dict[str, Any]:
             return {"msgid": prior}
     if acct.type != "service":
         raise ApiError(48001, "api unauthorized")
-    row = state.db.execute(
-        "SELECT unfollowed FROM wx_followers WHERE openid = ? AND appid = ?", (openid, acct.appid)
-    ).fetchone()
-    if row is None:
+    status = follower_state(state.db, acct.appid, openid)
+    if status is None:
         raise ApiError(40003, "invalid openid")
-    if row[0]:
+    if status == "unfollowed":
         raise ApiError(43004, "require subscribe")
     template_id = str(body.get("template_id") or "")
     if template_id not in acct.templates:
@@ -110,8 +109,8 @@ def complete_due(state: State, limit: int = 500) -> int:
     """Settle template sends whose delay has passed and queue TEMPLATESENDJOBFINISH."""
     now = state.now()
     rows = state.db.execute(
-        "SELECT m.msgid, m.appid, m.openid, coalesce(f.unfollowed, 1) FROM template_msgs m"
-        " LEFT JOIN wx_followers f ON f.openid = m.openid AND f.appid = m.appid"
+        "SELECT m.msgid, m.appid, m.openid, EXISTS (SELECT 1 FROM wx_unfollowed u"
+        "  WHERE u.appid = m.appid AND u.openid = m.openid) FROM template_msgs m"
         " WHERE m.status = 'sending' AND m.due_at <= ? ORDER BY m.due_at LIMIT ?",
         (now, limit),
     ).fetchall()

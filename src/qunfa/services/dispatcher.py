@@ -199,6 +199,10 @@ class Dispatcher:
                 self._mark(camp.id, batch.batch_no, ("sending",), "sent", None)
                 if outcome.done:
                     self.check_campaign(camp.id)
+                elif outcome.platform_msg_id:
+                    # The job-finish callback may have beaten us here; apply it now if so.
+                    acc = self.c.accounts.get(camp.account_id)
+                    self.c.reconciler.apply_pending_mass_event(acc, outcome.platform_msg_id)
             return state
         error = outcome.error
         assert error is not None

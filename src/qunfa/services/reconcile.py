@@ -28,6 +28,10 @@ log = logging.getLogger("qunfa.reconcile")
 _ERR = re.compile(r"err\((\d+)\)")
 
 
+def mass_event_key(acc: Account, msg_id: str) -> str:
+    return f"{acc.app_id}:mass:{msg_id}"
+
+
 def _int(fields: dict[str, str], key: str) -> int | None:
     value = fields.get(key, "").strip()
     return int(value) if value.lstrip("-").isdigit() else None
@@ -70,8 +74,36 @@ class Reconciler:
 
     def _mass_job_finish(self, acc: Account, fields: dict[str, str]) -> str:
         msg_id = fields.get("MsgID", "")
-        if not self._store_event(acc, "MASSSENDJOBFINISH", f"{acc.app_id}:mass:{msg_id}", fields):
+        if not self._store_event(acc, "MASSSENDJOBFINISH", mass_event_key(acc, msg_id), fields):
             return "duplicate"
+        return self._apply_mass_event(acc, fields)
+
+    def apply_pending_mass_event(self, acc: Account, msg_id: str) -> str | None:
+        """Apply a job-finish event that arrived before its send was recorded.
+
+        The platform may post MASSSENDJOBFINISH before our dispatcher has stored the msg_id
+        from the send's response. Such an event waits (``batch_id`` NULL) and the dispatcher
+        calls this right after recording the acceptance; each side checks after its own
+        commit, so one of them always sees the other.
+        """
+        with self.c.sessions() as s:
+            event = s.scalars(
+                select(Event).where(
+                    Event.dedupe_key == mass_event_key(acc, msg_id), Event.batch_id.is_(None)
+                )
+            ).one_or_none()
+        if event is None:
+            return None
+        return self._apply_mass_event(acc, dict(event.payload))
+
+    def _apply_mass_event(self, acc: Account, fields: dict[str, str]) -> str:
+        msg_id = fields.get("MsgID", "")
+        batch = self._batch_by_msg_id(acc.id, msg_id)
+        if batch is None:
+            log.info(
+                "MASSSENDJOBFINISH %s on %s waits for its send to be recorded", msg_id, acc.app_id
+            )
+            return "pending"
         status = fields.get("Status", "")
         ok = status == "send success"
         values: dict[str, Any] = {
@@ -87,10 +119,6 @@ class Reconciler:
             values["last_error"] = f"platform job ended with {status!r}"
             if m := _ERR.search(status):
                 values["last_errcode"] = m.group(1)
-        batch = self._batch_by_msg_id(acc.id, msg_id)
-        if batch is None:
-            log.warning("MASSSENDJOBFINISH for unknown msg_id %s on %s", msg_id, acc.app_id)
-            return "unknown msg_id"
         with self.c.sessions() as s:
             s.execute(
                 update(Batch)
@@ -107,6 +135,11 @@ class Reconciler:
                     )
                     .values(status="failed", reason=f"platform: {status}"[:200])
                 )
+            s.execute(
+                update(Event)
+                .where(Event.dedupe_key == mass_event_key(acc, msg_id))
+                .values(batch_id=batch.id, campaign_id=batch.campaign_id)
+            )
             s.commit()
         self.c.dispatcher.check_campaign(batch.campaign_id)
         return "recorded"
