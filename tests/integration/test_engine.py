@@ -324,7 +324,7 @@ def test_empty_audience_fails_with_a_reason(
 def test_unknown_tag_is_refused_at_creation(container: Container, oa: OA) -> None:
     from qunfa.services.campaigns import CampaignError
 
-    with pytest.raises(CampaignError, match="not found.*known tags: .*VIP"):
+    with pytest.raises(CampaignError, match=r"not found.*known tags: .*VIP"):
         container.campaigns.create(
             name="x", channel="wechat_oa", account=oa.appid, audience="tag:nope", content=TEXT
         )
