@@ -48,12 +48,31 @@ class OutboundBatch:
 
 
 @dataclass(frozen=True)
-class Settlement:
-    """What the platform's status API says about an accepted or in-doubt batch."""
+class RecipientOutcome:
+    """One recipient's result as the platform reports it after the fact."""
 
-    final: bool  # the platform's job has finished
-    ok: bool  # … and it succeeded
+    status: str  # a DeliveryStatus value: sent | failed | unknown
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What the platform's status/result API says about an accepted batch.
+
+    ``recipients`` carries per-recipient outcomes when the platform reports them (WeCom
+    customer status 0/1/2/3, DingTalk's invalid/forbidden/failed lists …), keyed by the same
+    recipient id the batch was sent with; ``counts`` the platform's own totals.
+    """
+
+    final: bool  # the platform's job has finished: no further poll needed
+    ok: bool  # … and it succeeded as a whole
     status: str  # the platform's own words, e.g. SEND_SUCCESS
+    recipients: Mapping[str, RecipientOutcome] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+
+class ContentError(ValueError):
+    """Content this channel cannot send; the message says what to change."""
 
 
 @dataclass
@@ -68,12 +87,27 @@ class ChannelContext:
 class Channel(ABC):
     """Base of every adapter. Subclasses set the class attributes and implement the calls."""
 
-    key: ClassVar[str]
+    key: ClassVar[str]  # the channel's one name: module, sandbox twin, docs, registry
     title: ClassVar[str]
-    rules_name: ClassVar[str]
-    recipient_kind: ClassVar[str]
+    rules_name: ClassVar[str]  # rules/<rules_name>.toml
+    recipient_kind: ClassVar[str]  # identity kind it sends to: openid, external_userid, phone …
     modes: ClassVar[frozenset[str]]
     errors: ClassVar[Mapping[int | str, ErrorClass]] = {}
+    # Channel whose accounts this one sends through (wechat_template → wechat_oa); None = own.
+    account_channel: ClassVar[str | None] = None
+    # Credential fields an account of this channel must have (all credentials are encrypted).
+    credential_fields: ClassVar[tuple[str, ...]] = ("secret",)
+    # The sandbox twin's URL prefix: the default base URL is <sandbox_url>/<sandbox_prefix>.
+    sandbox_prefix: ClassVar[str] = ""
+    # True when the platform dedupes a retried batch by its idempotency key, so an in-doubt
+    # batch may be re-sent inside the dedupe window. False (SMS, e-mail …): in doubt → unknown.
+    idempotent: ClassVar[bool] = True
+    # The rule naming the platform's dedupe window in seconds (clientmsgid 24 h …); an in-doubt
+    # batch older than 90% of it is never re-sent. None: the engine's ``unknown_after``.
+    dedupe_window_rule: ClassVar[str | None] = None
+    # Seconds between result polls of an accepted batch; None: wait for a callback and poll
+    # only after ``settle_after``.
+    poll_interval: ClassVar[float | None] = None
 
     def __init__(self, account: AccountConfig, ctx: ChannelContext) -> None:
         self.account = account
@@ -85,6 +119,11 @@ class Channel(ABC):
     def batch_size(cls, rules: RuleSet, mode: str) -> int:
         """Recipients per batch for ``mode`` under ``rules`` (0 = whole audience in one call)."""
 
+    @classmethod
+    def validate_content(cls, content: Mapping[str, Any], rules: RuleSet) -> None:
+        """Raise :class:`ContentError` for content the platform would refuse."""
+        return None  # default: the channel accepts any content the platform might
+
     @abstractmethod
     async def send_batch(self, batch: OutboundBatch) -> BatchOutcome:
         """Send one batch; never raises for platform or transport errors, classifies them."""
@@ -92,6 +131,15 @@ class Channel(ABC):
     async def settle(self, platform_msg_id: str) -> Settlement | None:
         """Ask the platform how an accepted batch ended; None when the channel cannot tell."""
         return None
+
+    @classmethod
+    def resend_window(cls, rules: RuleSet, default: float) -> float:
+        """Seconds after the first attempt during which an in-doubt batch may be re-sent."""
+        if not cls.idempotent:
+            return 0.0
+        if cls.dedupe_window_rule is None:
+            return default
+        return min(default, 0.9 * rules[cls.dedupe_window_rule])
 
     def classify(self, code: int | str, message: str) -> PlatformError:
         """Map a platform error code to its class; unknown codes are permanent for the batch."""

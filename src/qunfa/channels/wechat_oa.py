@@ -14,7 +14,14 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
-from qunfa.channels.base import AccountConfig, Channel, ChannelContext, OutboundBatch, Settlement
+from qunfa.channels.base import (
+    AccountConfig,
+    Channel,
+    ChannelContext,
+    ContentError,
+    OutboundBatch,
+    Settlement,
+)
 from qunfa.channels.http import TransportError
 from qunfa.domain.outcomes import BatchOutcome, ErrorClass, PlatformError
 from qunfa.rules import RuleSet
@@ -161,6 +168,22 @@ class WechatOA(Channel):
     recipient_kind: ClassVar[str] = "openid"
     modes: ClassVar[frozenset[str]] = frozenset({"to_all", "tag", "list"})
     errors = WECHAT_ERRORS
+    sandbox_prefix: ClassVar[str] = "wechat"
+    dedupe_window_rule: ClassVar[str | None] = "clientmsgid_window_seconds"
+    msgtypes: ClassVar[tuple[str, ...]] = ("text", "mpnews", "image", "voice", "mpvideo", "wxcard")
+
+    @classmethod
+    def validate_content(cls, content: Mapping[str, Any], rules: RuleSet) -> None:
+        msgtype = content.get("msgtype")
+        if msgtype not in cls.msgtypes:
+            raise ContentError(
+                f"msgtype {msgtype!r} cannot be mass-sent; use one of {', '.join(cls.msgtypes)}"
+            )
+        body = content.get(msgtype)
+        if not isinstance(body, dict) or not body:
+            raise ContentError(f"content needs a {msgtype!r} object, e.g. {{'content': '…'}}")
+        if msgtype == "text" and not str(body.get("content", "")).strip():
+            raise ContentError("text content is empty: pass --text '…'")
 
     def __init__(self, account: AccountConfig, ctx: ChannelContext) -> None:
         super().__init__(account, ctx)

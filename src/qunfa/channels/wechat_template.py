@@ -13,7 +13,13 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from qunfa.channels.base import AccountConfig, Channel, ChannelContext, OutboundBatch
+from qunfa.channels.base import (
+    AccountConfig,
+    Channel,
+    ChannelContext,
+    ContentError,
+    OutboundBatch,
+)
 from qunfa.channels.http import TransportError
 from qunfa.channels.wechat_oa import WECHAT_ERRORS, WechatApi, WechatApiError
 from qunfa.domain.outcomes import BatchOutcome, ErrorClass, PlatformError, most_severe
@@ -39,6 +45,24 @@ class WechatTemplate(Channel):
     recipient_kind: ClassVar[str] = "openid"
     modes: ClassVar[frozenset[str]] = frozenset({"template"})
     errors = TEMPLATE_ERRORS
+    account_channel: ClassVar[str | None] = "wechat_oa"
+    sandbox_prefix: ClassVar[str] = "wechat"
+    dedupe_window_rule: ClassVar[str | None] = "template_client_msg_id_window_seconds"
+
+    @classmethod
+    def validate_content(cls, content: Mapping[str, Any], rules: RuleSet) -> None:
+        if not content.get("template_id"):
+            raise ContentError("a template message needs template_id (--template ID)")
+        data = content.get("data")
+        if not isinstance(data, dict) or not data:
+            raise ContentError("a template message needs data fields (--field key=value …)")
+        limit = rules["template_thing_max_chars"]
+        for key, value in data.items():
+            if key.startswith("thing") and len(str(value)) > limit:
+                raise ContentError(
+                    f"template field {key} is {len(str(value))} characters; "
+                    f"'thing' values take at most {limit}"
+                )
 
     def __init__(self, account: AccountConfig, ctx: ChannelContext) -> None:
         super().__init__(account, ctx)

@@ -38,8 +38,18 @@ class SandboxAdmin:
         self._call("POST", "/_sandbox/reset", {})
 
     def create_wechat_account(self, **fields: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/_sandbox/wechat/accounts", fields)
+        return self.create_account("wechat", **fields)
+
+    def create_account(self, platform: str, **fields: Any) -> dict[str, Any]:
+        """``POST /_sandbox/<platform>/accounts``: every twin creates its accounts this way."""
+        result: dict[str, Any] = self._call("POST", f"/_sandbox/{platform}/accounts", fields)
         return result
+
+    def get(self, path: str) -> Any:
+        return self._call("GET", path)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self._call("POST", path, body if body is not None else {})
 
     def ledger(self, channel: str, account: str | None = None) -> dict[str, Any]:
         query = f"?channel={channel}" + (f"&account={account}" if account else "")

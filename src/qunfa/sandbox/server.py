@@ -22,23 +22,25 @@ from types import TracebackType
 
 from aiohttp import web
 
-from qunfa.sandbox import admin, callbacks, ledger, wechat_accounts, wechat_oa, wechat_template
+from qunfa.sandbox import admin, callbacks, ledger, twins
 from qunfa.sandbox.faults import FAULTS, FaultInjector, fault_middleware
 from qunfa.sandbox.state import STATE, State
 
 log = logging.getLogger("qunfa.sandbox")
 
-SCHEMAS = (
-    ledger.SCHEMA,
-    callbacks.SCHEMA,
-    wechat_accounts.SCHEMA,
-    wechat_oa.SCHEMA,
-    wechat_template.SCHEMA,
-)
-COMPLETERS: tuple[Callable[[State], int], ...] = (
-    wechat_oa.complete_due,
-    wechat_template.complete_due,
-)
+
+def schemas() -> tuple[str, ...]:
+    return (
+        ledger.SCHEMA,
+        callbacks.SCHEMA,
+        *(m.SCHEMA for m in twins.discover() if hasattr(m, "SCHEMA")),
+    )
+
+
+def completers() -> tuple[Callable[[State], int], ...]:
+    return tuple(m.complete_due for m in twins.discover() if hasattr(m, "complete_due"))
+
+
 TICK_SECONDS = 0.05
 SHUTDOWN_TIMEOUT = 0.5  # hung (accept-then-timeout) requests are cut off after this on stop
 
@@ -47,7 +49,7 @@ async def job_loop(state: State, poster: callbacks.CallbackPoster) -> None:
     """Settle due jobs and post callbacks, forever (cancelled on app cleanup)."""
     while True:
         try:
-            for complete in COMPLETERS:
+            for complete in completers():
                 complete(state)
             poster.pump()
         except Exception:  # keep the loop alive; the next tick retries
@@ -60,7 +62,7 @@ def create_app(state_path: Path, *, clock: Callable[[], float] = time.time) -> w
     app = web.Application(
         middlewares=[admin.bad_request, fault_middleware], client_max_size=64 * 1024**2
     )
-    state = State(Path(state_path), SCHEMAS, clock)
+    state = State(Path(state_path), schemas(), clock)
     poster = callbacks.CallbackPoster(state)
     app[STATE] = state
     app[FAULTS] = FaultInjector(state)
@@ -78,8 +80,9 @@ def create_app(state_path: Path, *, clock: Callable[[], float] = time.time) -> w
 
     app.cleanup_ctx.append(lifecycle)
     admin.add_routes(app)
-    wechat_oa.add_routes(app)
-    wechat_template.add_routes(app)
+    for twin in twins.discover():
+        if hasattr(twin, "add_routes"):
+            twin.add_routes(app)
     return app
 
 

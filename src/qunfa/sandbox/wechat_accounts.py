@@ -25,6 +25,7 @@ from aiohttp import web
 from qunfa import rules
 from qunfa.sandbox.state import STATE, State
 
+TWIN = "wechat"  # url prefix; discovered by qunfa.sandbox.twins
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS wx_accounts (
     appid TEXT PRIMARY KEY, secret TEXT NOT NULL, type TEXT NOT NULL, token TEXT NOT NULL,

@@ -40,6 +40,7 @@ PREFIX = "/wechat/cgi-bin"
 MSG_DATA_ID_OFFSET = 1_200_000_000  # msg_data_id (datacube id) of an mpnews send = msg_id + this
 MSGTYPES = ("text", "mpnews", "image", "voice", "mpvideo", "wxcard")
 
+TWIN = "wechat"  # url prefix; discovered by qunfa.sandbox.twins
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS mass_jobs (
     msg_id INTEGER PRIMARY KEY, appid TEXT NOT NULL, kind TEXT NOT NULL, msgtype TEXT NOT NULL,

@@ -33,6 +33,7 @@ from qunfa.sandbox.wechat_oa import PREFIX, post_event
 
 CHANNEL = "wechat_template"
 
+TWIN = "wechat"  # url prefix; discovered by qunfa.sandbox.twins
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS template_msgs (
     msgid INTEGER PRIMARY KEY, appid TEXT NOT NULL, openid TEXT NOT NULL,

@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, insert, select, update
 
 from qunfa.channels.base import AccountConfig, Channel, ChannelContext
 from qunfa.channels.http import HttpClient
-from qunfa.channels.registry import ACCOUNT_CHANNEL, channel_class
+from qunfa.channels.registry import account_channel, channel_class
 from qunfa.channels.wechat_oa import WechatOA
 from qunfa.rules import load as load_rules
 from qunfa.storage.models import Account, Contact, Identity, IdentityTag, Tag
@@ -52,31 +52,43 @@ class AccountService:
         *,
         channel: str,
         app_id: str,
-        secret: str,
+        secret: str = "",
         name: str | None = None,
-        kind: str = "service",
+        kind: str = "",
         base_url: str | None = None,
         token: str = "",
         encoding_aes_key: str = "",
+        credentials: dict[str, str] | None = None,
         settings: dict[str, Any] | None = None,
     ) -> Account:
-        """Register an account (or update it when ``channel`` + ``app_id`` exists)."""
-        channel_class(channel)  # validates the key
-        if ACCOUNT_CHANNEL.get(channel, channel) != channel:
+        """Register an account (or update it when ``channel`` + ``app_id`` exists).
+
+        ``secret``, ``token`` and ``encoding_aes_key`` are the WeChat names; other channels
+        pass their fields in ``credentials`` (see each channel's ``credential_fields``).
+        """
+        cls = channel_class(channel)  # validates the key
+        if account_channel(channel) != channel:
             raise AccountError(
-                f"{channel} sends through a {ACCOUNT_CHANNEL[channel]} account; add that instead"
+                f"{channel} sends through a {account_channel(channel)} account; add that instead"
             )
-        if kind not in ("subscription", "service"):
-            raise AccountError(
-                f"kind must be 'subscription' (公众号) or 'service' (服务号), not {kind!r}"
-            )
+        if channel == "wechat_oa":
+            kind = kind or "service"
+            if kind not in ("subscription", "service"):
+                raise AccountError(
+                    f"kind must be 'subscription' (公众号) or 'service' (服务号), not {kind!r}"
+                )
         if encoding_aes_key and len(encoding_aes_key) != 43:
-            raise AccountError("EncodingAESKey must be exactly 43 characters (from the MP console)")
-        rules = (settings or {}).get("rules", {})
-        load_rules(channel_class(channel).rules_name).with_overrides(rules)  # validates names
+            raise AccountError("EncodingAESKey must be exactly 43 characters (from the console)")
         creds = {"secret": secret, "token": token, "encoding_aes_key": encoding_aes_key}
+        creds.update(credentials or {})
+        missing = [f for f in cls.credential_fields if not creds.get(f)]
+        if missing:
+            raise AccountError(f"a {channel} account needs {', '.join(missing)}")
+        rules = (settings or {}).get("rules", {})
+        load_rules(cls.rules_name).with_overrides(rules)  # validates the rule names
         enc = self.c.keyring.encrypt(json.dumps(creds))
-        base = base_url or f"{self.c.settings.sandbox_url.rstrip('/')}/wechat"
+        prefix = cls.sandbox_prefix or channel
+        base = base_url or f"{self.c.settings.sandbox_url.rstrip('/')}/{prefix}"
         with self.c.sessions() as s:
             acc = s.scalars(
                 select(Account).where(Account.channel == channel, Account.app_id == app_id)

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, insert, select, update
 
-from qunfa.channels.registry import channel_class
+from qunfa.channels.base import ContentError
+from qunfa.channels.registry import account_channel, channel_class
 from qunfa.domain.audience import Audience, AudienceError, parse_audience
 from qunfa.domain.keys import batch_key
 from qunfa.domain.states import CampaignState, campaign_transition
@@ -42,27 +43,6 @@ class PlanReport:
     seconds: float
 
 
-def validate_content(channel: str, content: dict[str, Any]) -> None:
-    """Reject content the platform would refuse, with what to do about it."""
-    if channel == "wechat_oa":
-        msgtype = content.get("msgtype")
-        if msgtype not in ("text", "mpnews", "image", "voice", "mpvideo", "wxcard"):
-            raise CampaignError(
-                f"msgtype {msgtype!r} cannot be mass-sent; use text, mpnews, image, voice, "
-                "mpvideo or wxcard"
-            )
-        body = content.get(msgtype)
-        if not isinstance(body, dict) or not body:
-            raise CampaignError(f"content needs a {msgtype!r} object, e.g. {{'content': '…'}}")
-        if msgtype == "text" and not str(body.get("content", "")).strip():
-            raise CampaignError("text content is empty: pass --text '…'")
-    elif channel == "wechat_template":
-        if not content.get("template_id"):
-            raise CampaignError("a template message needs template_id (--template ID)")
-        if not isinstance(content.get("data"), dict) or not content["data"]:
-            raise CampaignError("a template message needs data fields (--field key=value …)")
-
-
 class CampaignService:
     def __init__(self, c: Container) -> None:
         self.c = c
@@ -79,13 +59,21 @@ class CampaignService:
         as_list: bool = False,
     ) -> Campaign:
         """Create a draft. ``as_list`` sends a tag or everyone as openid lists (mass/send)."""
-        channel_class(channel)
+        cls = channel_class(channel)
         try:
             aud = parse_audience(audience)
         except AudienceError as exc:
             raise CampaignError(str(exc)) from exc
-        validate_content(channel, content)
         acc = self.c.accounts.get(account)
+        if acc.channel != account_channel(channel):
+            raise CampaignError(
+                f"account {acc.app_id} is a {acc.channel} account; {channel} needs "
+                f"a {account_channel(channel)} account"
+            )
+        try:
+            cls.validate_content(content, self.c.accounts.config(acc, channel).rules)
+        except ContentError as exc:
+            raise CampaignError(str(exc)) from exc
         if channel == "wechat_template":
             mode = "template"
         elif aud.kind == "openids" or as_list:

@@ -24,6 +24,7 @@ from sqlalchemy import func, select, update
 
 from qunfa.channels.base import OutboundBatch
 from qunfa.channels.http import HttpClient
+from qunfa.channels.registry import channel_class
 from qunfa.domain.backoff import backoff_delay
 from qunfa.domain.outcomes import BatchOutcome, ErrorClass
 from qunfa.domain.states import TERMINAL_BATCH_STATES, BatchState, CampaignState
@@ -85,9 +86,17 @@ class Dispatcher:
         with self.c.sessions() as session:
             batch = session.get(Batch, batch_id)  # type: ignore[assignment]
             assert batch is not None
-        if batch.in_doubt and now - (batch.first_attempt_at or now) > s.unknown_after:
-            # Past the platform's dedupe window a re-send could deliver twice: stop here.
-            self._finish(batch, owner, BatchState.UNKNOWN, "in doubt beyond the dedupe window")
+        cls = channel_class(camp.channel)
+        window = cls.resend_window(self.c.accounts.config(acc, camp.channel).rules, s.unknown_after)
+        if batch.in_doubt and now - (batch.first_attempt_at or now) >= window:
+            # The previous attempt may have reached the platform and its dedupe no longer
+            # covers a re-send (or it never did, as for SMS): a person decides, never a retry.
+            reason = (
+                "in doubt: the platform has no dedupe for a re-send"
+                if not cls.idempotent
+                else "in doubt beyond the platform's dedupe window"
+            )
+            self._finish(batch, owner, BatchState.UNKNOWN, reason)
             return BatchState.UNKNOWN
 
         rows = self._recipients(camp.id, batch.batch_no) if camp.mode != "to_all" else []

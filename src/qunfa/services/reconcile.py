@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from qunfa.channels.http import HttpClient, TransportError
-from qunfa.channels.wechat_oa import WechatApiError
+from qunfa.channels.base import Settlement
+from qunfa.channels.http import HttpClient
+from qunfa.channels.registry import channel_class
 from qunfa.domain.states import BatchState
+from qunfa.storage import queries as q
 from qunfa.storage.models import Account, Batch, Campaign, Delivery, Event
 
 if TYPE_CHECKING:
@@ -177,42 +179,104 @@ class Reconciler:
 
     # -- polling --------------------------------------------------------------------------------
     def settle_accepted(self, older_than: float) -> int:
-        """Ask the platform about accepted batches whose callback is overdue."""
+        """Poll the platform for accepted batches that are due a look; returns how many ended.
+
+        Channels with a ``poll_interval`` (results only by polling) are asked every interval;
+        the others (results by callback) only once their callback is ``older_than`` overdue.
+        """
         return asyncio.run(self._settle_accepted(older_than))
 
-    async def _settle_accepted(self, older_than: float) -> int:
-        cutoff = time.time() - older_than
+    def _due_for_poll(self, older_than: float) -> list[tuple[Batch, Account, Campaign]]:
+        now = time.time()
         with self.c.sessions() as s:
             rows = s.execute(
-                select(Batch, Account)
+                select(Batch, Account, Campaign)
                 .join(Campaign, Campaign.id == Batch.campaign_id)
                 .join(Account, Account.id == Campaign.account_id)
-                .where(Batch.state == "accepted", Batch.accepted_at < cutoff)
-                .limit(100)
+                .where(Batch.state == "accepted")
+                .order_by(Batch.polled_at.is_not(None), Batch.polled_at)
+                .limit(200)
             ).all()
+        due = []
+        for batch, acc, camp in rows:
+            interval = channel_class(camp.channel).poll_interval
+            wait = interval if interval is not None else older_than
+            last = batch.polled_at or batch.accepted_at or 0.0
+            if now - last >= wait:
+                due.append((batch, acc, camp))
+        return due
+
+    async def _settle_accepted(self, older_than: float) -> int:
         settled = 0
         async with HttpClient(self.c.settings.http_timeout) as http:
-            for batch, acc in rows:
-                camp = self.c.campaigns.get(batch.campaign_id)
+            for batch, acc, camp in self._due_for_poll(older_than):
                 adapter = self.c.accounts.adapter(acc, http, camp.channel)
                 try:
                     result = await adapter.settle(str(batch.platform_msg_id))
-                except (TransportError, WechatApiError) as exc:
-                    log.warning("settling batch %s failed: %s", batch.id, exc)
-                    continue
-                if result is None or not result.final:
-                    continue
-                with self.c.sessions() as s:
-                    s.execute(
-                        update(Batch)
-                        .where(Batch.id == batch.id, Batch.state == "accepted")
-                        .values(
-                            state=BatchState.DONE if result.ok else BatchState.FAILED,
-                            platform_status=result.status,
-                            finished_at=time.time(),
-                        )
-                    )
-                    s.commit()
-                settled += 1
-                self.c.dispatcher.check_campaign(batch.campaign_id)
+                except Exception as exc:  # transport or API error: one batch never stops the rest
+                    log.warning("polling batch %s failed (will poll again): %s", batch.id, exc)
+                    result = None
+                settled += self.apply_settlement(batch, result)
         return settled
+
+    def apply_settlement(self, batch: Batch, result: Settlement | None) -> int:
+        """Record a poll's result; returns 1 when the batch reached its final state."""
+        now = time.time()
+        values: dict[str, Any] = {"polled_at": now}
+        if result is not None:
+            self._apply_recipients(batch, result)
+            counts = result.counts
+            for key, column in COUNT_COLUMNS.items():
+                if key in counts:
+                    values[column] = int(counts[key])
+            values["platform_status"] = result.status[:64]
+            if result.final:
+                values["state"] = BatchState.DONE if result.ok else BatchState.FAILED
+                values["finished_at"] = now
+        with self.c.sessions() as s:
+            s.execute(
+                update(Batch)
+                .where(Batch.id == batch.id, Batch.state == "accepted")
+                .values(**values)
+            )
+            s.commit()
+        if result is not None and result.final:
+            self.c.dispatcher.check_campaign(batch.campaign_id)
+            return 1
+        return 0
+
+    def _apply_recipients(self, batch: Batch, result: Settlement) -> None:
+        if not result.recipients:
+            return
+        decrypt = self.c.keyring.decrypt
+        with self.c.engine.connect() as conn:
+            ids = {
+                decrypt(enc): int(did)
+                for did, enc in conn.execute(
+                    q.BATCH_DELIVERIES,
+                    {"campaign_id": batch.campaign_id, "batch_no": batch.batch_no},
+                )
+            }
+        now = time.time()
+        rows = [
+            {
+                "delivery_id": ids[rid],
+                "status": outcome.status,
+                "reason": outcome.reason,
+                "msg_id": None,
+                "now": now,
+            }
+            for rid, outcome in result.recipients.items()
+            if rid in ids
+        ]
+        if rows:
+            with self.c.engine.begin() as conn:
+                conn.execute(q.MARK_DELIVERY_OUTCOME, rows)
+
+
+COUNT_COLUMNS = {
+    "total": "total_count",
+    "filter": "filter_count",
+    "sent": "sent_count",
+    "error": "error_count",
+}

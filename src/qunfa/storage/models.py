@@ -174,6 +174,7 @@ class Batch(Base):
     sent_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     accepted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    polled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     __table_args__ = (
         UniqueConstraint("campaign_id", "batch_no"),

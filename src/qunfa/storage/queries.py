@@ -105,6 +105,16 @@ ORDER BY d.id
 """
 )
 
+# batch_deliveries: every ledger row of one batch with its recipient id (encrypted), to apply
+# per-recipient results a platform reports after the fact (WeCom, DingTalk, Feishu).
+BATCH_DELIVERIES = _sql(
+    """
+SELECT d.id, i.value_enc
+FROM deliveries d JOIN identities i ON i.id = d.identity_id
+WHERE d.campaign_id = :campaign_id AND d.batch_no = :batch_no
+"""
+)
+
 # mark_batch_deliveries: move a whole batch's ledger rows from one status to another in one
 # statement (planned → sending before the call, sending → sent after acceptance).
 MARK_BATCH_DELIVERIES = _sql(
@@ -119,6 +129,15 @@ MARK_DELIVERY = _sql(
     """
 UPDATE deliveries SET status = :status, reason = :reason, platform_msg_id = :msg_id,
        updated_at = :now
+WHERE id = :delivery_id
+"""
+)
+
+# mark_delivery_outcome: a result reported after the fact (keeps the message id we have).
+MARK_DELIVERY_OUTCOME = _sql(
+    """
+UPDATE deliveries SET status = :status, reason = :reason,
+       platform_msg_id = COALESCE(:msg_id, platform_msg_id), updated_at = :now
 WHERE id = :delivery_id
 """
 )

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 21:27:12.281150
+Create Date: 2026-11-23 21:44:09.917172
 """
 
 from __future__ import annotations
@@ -179,6 +179,7 @@ def upgrade() -> None:
         sa.Column("sent_count", sa.Integer(), nullable=True),
         sa.Column("error_count", sa.Integer(), nullable=True),
         sa.Column("accepted_at", sa.Float(), nullable=True),
+        sa.Column("polled_at", sa.Float(), nullable=True),
         sa.Column("finished_at", sa.Float(), nullable=True),
         sa.ForeignKeyConstraint(
             ["campaign_id"],
