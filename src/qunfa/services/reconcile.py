@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from qunfa.channels.base import Settlement
+from qunfa.channels.base import RecipientOutcome, Settlement
 from qunfa.channels.http import HttpClient
 from qunfa.channels.registry import channel_class
 from qunfa.domain.states import BatchState
@@ -272,6 +272,29 @@ class Reconciler:
         if rows:
             with self.c.engine.begin() as conn:
                 conn.execute(q.MARK_DELIVERY_OUTCOME, rows)
+
+    def apply_receipts(self, acc: Account, receipts: list[tuple[str, RecipientOutcome]]) -> int:
+        """Apply per-recipient receipts pushed by a platform (SMS delivery reports, bounces).
+
+        Each receipt names the per-recipient message id the adapter returned at send time
+        (``BatchOutcome.recipient_msg_ids``), which the dispatcher stored on the delivery.
+        Returns how many deliveries changed.
+        """
+        if not receipts:
+            return 0
+        now = time.time()
+        changed = 0
+        campaigns = select(Campaign.id).where(Campaign.account_id == acc.id)
+        with self.c.sessions() as s:
+            for msg_id, outcome in receipts:
+                result = s.execute(
+                    update(Delivery)
+                    .where(Delivery.platform_msg_id == msg_id, Delivery.campaign_id.in_(campaigns))
+                    .values(status=outcome.status, reason=outcome.reason, updated_at=now)
+                )
+                changed += int(result.rowcount)  # type: ignore[attr-defined]
+            s.commit()
+        return changed
 
 
 COUNT_COLUMNS = {

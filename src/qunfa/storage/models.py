@@ -199,6 +199,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("campaign_id", "identity_id"),
         Index("ix_deliveries_batch", "campaign_id", "batch_no", "status"),
+        Index("ix_deliveries_msg", "platform_msg_id"),  # receipts find their delivery by it
     )
 
 
