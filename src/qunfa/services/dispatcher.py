@@ -161,25 +161,48 @@ class Dispatcher:
                 },
             )
 
-    def _update_batch(self, batch: Batch, owner: str, **values: Any) -> bool:
-        """Write the attempt's result if we still hold the lease (a late writer loses)."""
-        with self.c.sessions() as s:
-            result = s.execute(
+    def _commit(
+        self,
+        batch: Batch,
+        owner: str,
+        values: dict[str, Any],
+        moves: tuple[tuple[tuple[str, ...], str, str | None], ...] = (),
+    ) -> bool:
+        """Write an attempt's result and its ledger moves in ONE transaction.
+
+        The batch row is updated only if we still hold the lease (a late writer loses); the
+        delivery rows move (from statuses → status, reason) in the same transaction, so a crash
+        can never leave a batch recorded as accepted with its recipients still "sending".
+        """
+        now = time.time()
+        with self.c.engine.begin() as conn:
+            result = conn.execute(
                 update(Batch)
                 .where(Batch.id == batch.id, Batch.state == "sending", Batch.lease_owner == owner)
                 .values(lease_owner=None, lease_expires_at=None, **values)
             )
-            s.commit()
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            if result.rowcount != 1:
                 log.warning("batch %s: lease lost before recording %s", batch.id, values)
                 return False
-            return True
+            for from_status, to_status, reason in moves:
+                conn.execute(
+                    q.MARK_BATCH_DELIVERIES,
+                    {
+                        "campaign_id": batch.campaign_id,
+                        "batch_no": batch.batch_no,
+                        "from_status": list(from_status),
+                        "to_status": to_status,
+                        "reason": reason,
+                        "now": now,
+                    },
+                )
+        return True
 
     def _finish(self, batch: Batch, owner: str, state: BatchState, error: str | None) -> None:
         status = {BatchState.UNKNOWN: "unknown", BatchState.FAILED: "failed"}.get(state)
-        if self._update_batch(batch, owner, state=state, last_error=error, finished_at=time.time()):
-            if status:
-                self._mark(batch.campaign_id, batch.batch_no, ("planned", "sending"), status, error)
+        moves = ((("planned", "sending"), status, error),) if status else ()
+        values = {"state": state, "last_error": error, "finished_at": time.time()}
+        if self._commit(batch, owner, values, moves):
             self.check_campaign(batch.campaign_id)
 
     def record(
@@ -194,18 +217,15 @@ class Dispatcher:
         self._record_recipients(outcome, delivery_of, now)
         if outcome.accepted:
             state = BatchState.DONE if outcome.done else BatchState.ACCEPTED
-            ok = self._update_batch(
-                batch,
-                owner,
-                state=state,
-                platform_msg_id=outcome.platform_msg_id,
-                accepted_at=now,
-                finished_at=now if outcome.done else None,
-                last_error=None,
-                last_errcode=None,
-            )
-            if ok:
-                self._mark(camp.id, batch.batch_no, ("sending",), "sent", None)
+            values = {
+                "state": state,
+                "platform_msg_id": outcome.platform_msg_id,
+                "accepted_at": now,
+                "finished_at": now if outcome.done else None,
+                "last_error": None,
+                "last_errcode": None,
+            }
+            if self._commit(batch, owner, values, ((("sending",), "sent", None),)):
                 if outcome.done:
                     self.check_campaign(camp.id)
                 elif outcome.platform_msg_id:
@@ -242,17 +262,16 @@ class Dispatcher:
                 minimum=error.retry_after,
             )
             wait, state = rng_wait, BatchState.RETRY
-        self._update_batch(
-            batch,
-            owner,
-            state=state,
-            next_attempt_at=now + wait,
-            enqueued_at=None,
-            in_doubt=in_doubt,
+        values = {
+            "state": state,
+            "next_attempt_at": now + wait,
+            "enqueued_at": None,
+            "in_doubt": in_doubt,
             **common,
-        )
-        if not in_doubt:  # nothing reached the platform for these: back to planned
-            self._mark(camp.id, batch.batch_no, ("sending",), "planned", None)
+        }
+        # Nothing reached the platform unless in doubt: those recipients go back to planned.
+        moves = () if in_doubt else ((("sending",), "planned", None),)
+        self._commit(batch, owner, values, moves)
         return state
 
     def _record_recipients(

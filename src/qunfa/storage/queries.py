@@ -144,9 +144,11 @@ WHERE id = :delivery_id
 
 # --- sweeping -----------------------------------------------------------------------------------
 
-# due_batches: batches that should be running but have no queued task: due and never enqueued
-# for this attempt (or enqueued so long ago the task was lost), or leased by a worker whose
-# lease expired (it crashed). The queue only wakes workers; this query is the source of truth.
+# due_batches: batches that should be running but have no live task: due and never enqueued
+# for this attempt, or leased by a worker whose lease expired (it crashed) and not enqueued
+# since. Either way, an enqueue older than one lease period counts as lost (the worker that
+# popped it died before taking the lease) and is redone. The queue only wakes workers; this
+# query is the source of truth, and the lease makes a duplicate task harmless.
 DUE_BATCHES = _sql(
     """
 SELECT b.id FROM batches b JOIN campaigns c ON c.id = b.campaign_id
@@ -154,7 +156,8 @@ WHERE c.state = 'sending'
   AND ((b.state IN ('pending', 'retry', 'deferred') AND b.next_attempt_at <= :now
         AND (b.enqueued_at IS NULL OR b.enqueued_at < :requeue_before))
     OR (b.state = 'sending' AND b.lease_expires_at < :now
-        AND (b.enqueued_at IS NULL OR b.enqueued_at < b.lease_expires_at)))
+        AND (b.enqueued_at IS NULL OR b.enqueued_at < b.lease_expires_at
+             OR b.enqueued_at < :requeue_before)))
 ORDER BY b.id
 LIMIT :limit
 """
