@@ -28,13 +28,19 @@ from qunfa.sandbox.state import State
 
 ADMIN_PREFIX = "/_sandbox"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Platforms whose error body is not ``{"errcode", "errmsg"}`` register a builder here, keyed by
+# their URL prefix (a twin does it at import): (errcode, errmsg) → the platform's error body.
+ERROR_BODIES: dict[str, Callable[[int | str, str], dict[str, Any]]] = {}
+# Platforms whose injected error is an HTTP status rather than a JSON body (a webhook receiver
+# has no error envelope: HTTP 200 would mean "delivered"); used when no http_status is given.
+ERROR_STATUS: dict[str, int] = {}
 
 
 @dataclass
 class FaultConfig:
     platform: str | None = None
     error_rate: float = 0.0
-    errcode: int = -1
+    errcode: int | str = -1  # a string for platforms with string codes (Tencent, Aliyun)
     errmsg: str = "system error"
     http_status: int | None = None
     latency_ms: int = 0
@@ -101,9 +107,15 @@ class FaultInjector:
         if cfg.latency_ms:
             await asyncio.sleep(cfg.latency_ms / 1000)
         if cfg.error_rate and self.rng.random() < cfg.error_rate:
-            if cfg.http_status:
-                return web.Response(status=cfg.http_status, text="injected fault")
-            body = {"errcode": cfg.errcode, "errmsg": cfg.errmsg}
+            status = cfg.http_status or ERROR_STATUS.get(request.path.strip("/").split("/", 1)[0])
+            if status:
+                return web.Response(status=status, text="injected fault")
+            make = ERROR_BODIES.get(request.path.strip("/").split("/", 1)[0])
+            body = (
+                make(cfg.errcode, cfg.errmsg)
+                if make
+                else {"errcode": cfg.errcode, "errmsg": cfg.errmsg}
+            )
             return web.Response(text=json.dumps(body), content_type="application/json")
         if cfg.accept_then_timeout_rate and self.rng.random() < cfg.accept_then_timeout_rate:
             response = await handler(request)
