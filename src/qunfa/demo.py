@@ -12,6 +12,7 @@ import base64
 import os
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,23 @@ APPID = "wx5f3a9c0d1e2b4a68"
 DEMO_TAGS = {"VIP": 0.05, "上海": 0.2, "北京": 0.15, "新客": 0.3, "沉睡用户": 0.25}
 Step = Callable[[str], None]
 Progress = Callable[[str, int, int | None], None]
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start; the message says what to do."""
+
+
+def check_port(port: int) -> None:
+    if port == 0:
+        return
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise DemoError(
+                f"port {port} is already in use: stop what runs there, or pass --port N "
+                "(or --no-serve)"
+            ) from None
 
 
 @dataclass
@@ -64,6 +82,7 @@ def run_demo(
 ) -> DemoRun:
     """Run the demo; the returned :class:`DemoRun` keeps the console serving until closed."""
     started = time.time()
+    check_port(port)
     shutil.rmtree(data_dir, ignore_errors=True)  # the demo's own folder: always a clean rehearsal
     data_dir.mkdir(parents=True)
     settings = Settings(data_dir=data_dir, settle_after=30.0)
@@ -74,7 +93,11 @@ def run_demo(
     sandbox = EmbeddedSandbox(data_dir / "sandbox.db", port=0).__enter__()
     admin = SandboxAdmin(sandbox.url)
     step(f"sandbox at {sandbox.url}; starting qunfa's API and worker")
-    server = ServerThread(create_app(c), port=port).start()
+    try:
+        server = ServerThread(create_app(c), port=port).start()
+    except RuntimeError as exc:
+        sandbox.__exit__(None, None, None)
+        raise DemoError(f"{exc}; pass --port N to use another port") from None
     worker = Worker(c)
     worker.start()
     run = DemoRun(c, sandbox, server, worker)

@@ -357,18 +357,21 @@ def demo(
     ),
 ) -> None:
     """Run a real campaign end to end on the sandbox, then serve the console."""
-    from qunfa.demo import run_demo
+    from qunfa.demo import DemoError, run_demo
 
     logging.basicConfig(level=logging.WARNING)
     step = (lambda _m: None) if as_json else (lambda m: err.print(f"[cyan]›[/] {m}"))
-    with progress_bar() as bar:
-        run = run_demo(
-            contacts=contacts,
-            data_dir=data_dir,
-            port=port if serve_ else 0,
-            step=step,
-            progress=None if as_json else bar,
-        )
+    try:
+        with progress_bar() as bar:
+            run = run_demo(
+                contacts=contacts,
+                data_dir=data_dir,
+                port=port if serve_ else 0,
+                step=step,
+                progress=None if as_json else bar,
+            )
+    except DemoError as exc:
+        raise fail(str(exc)) from None
     try:
         if as_json:
             print(json.dumps(run.summary, ensure_ascii=False, indent=2))

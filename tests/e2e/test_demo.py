@@ -1,0 +1,49 @@
+"""`qunfa demo --json` end to end, as a newcomer runs it (a subprocess, its own data folder)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+QUNFA = str(Path(sys.executable).with_name("qunfa"))
+
+
+def test_demo_json_summary(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [QUNFA, "demo", "--contacts", "5000", "--no-serve", "--json", "--data-dir",
+         str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    summary = json.loads(out.stdout)
+    assert summary["contacts"] == 5000 and summary["sync"]["followers"] == 5000
+    vip, everyone = summary["campaigns"]
+    assert vip["audience"] == "tag:VIP" and everyone["audience"] == "all"
+    for camp in (vip, everyone):
+        assert camp["state"] == "done"
+        assert camp["deliveries"] == {"sent": camp["planned"]}
+        # The platform's own count, from the encrypted MASSSENDJOBFINISH callback.
+        assert camp["platform"]["sent"] == camp["planned"]
+    assert everyone["planned"] == 5000 and 100 < vip["planned"] < 500  # VIP is ~5%
+    ledger = summary["ledger"]
+    assert ledger["recipients"] == 5000
+    assert ledger["messages"] == 5000 + vip["planned"]
+    assert ledger["max_per_recipient"] == 2  # VIPs got both campaigns, nobody more
+
+
+def test_demo_refuses_a_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = subprocess.run(
+            [QUNFA, "demo", "--contacts", "100", "--port", str(port), "--data-dir",
+             str(tmp_path / "demo")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert out.returncode == 2
+    assert f"port {port} is already in use" in out.stderr
+    assert "Traceback" not in out.stderr
