@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from qunfa.api.routers import accounts, callbacks, callbacks_wecom, campaigns
+from qunfa.api.routers import (
+    accounts,
+    callbacks,
+    callbacks_receipts,
+    callbacks_wecom,
+    campaigns,
+)
 from qunfa.bootstrap import Container
 from qunfa.console import pages
 
@@ -18,6 +24,7 @@ def create_app(container: Container) -> FastAPI:
     app.state.container = container
     app.include_router(callbacks.router)
     app.include_router(callbacks_wecom.router)
+    app.include_router(callbacks_receipts.router)
     app.include_router(campaigns.router)
     app.include_router(accounts.router)
     app.include_router(pages.router)
