@@ -66,6 +66,12 @@ class Container:
         return AccountService(self)
 
     @cached_property
+    def contacts(self) -> Any:
+        from qunfa.services.contacts import ContactService
+
+        return ContactService(self)
+
+    @cached_property
     def campaigns(self) -> Any:
         from qunfa.services.campaigns import CampaignService
 

@@ -26,6 +26,8 @@ accounts_app = typer.Typer(help="Platform accounts.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Campaigns.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(campaign_app, name="campaign")
+contacts_app = typer.Typer(help="Contacts and their recipient ids.", no_args_is_help=True)
+app.add_typer(contacts_app, name="contacts")
 console = Console()
 err = Console(stderr=True)
 
@@ -197,6 +199,33 @@ def accounts_sync(account: Annotated[str, typer.Argument(help="account id or app
         f"{report.followers:,} followers ({report.new:,} new, {report.unsubscribed:,} unfollowed), "
         f"{report.tags} tags, {report.tagged:,} tag memberships in {report.seconds:.1f}s"
     )
+
+
+# -- contacts -------------------------------------------------------------------------------------
+@contacts_app.command("import")
+def contacts_import(
+    file: Annotated[Path, typer.Argument(help="CSV file with a header line")],
+    account: Annotated[str, typer.Option(help="account id or app id the ids belong to")],
+    column: Annotated[
+        str | None, typer.Option(help="column holding the ids (default: the kind's name)")
+    ] = None,
+) -> None:
+    """Import recipient ids (phones, e-mails, userids …) for a channel without a list API."""
+    from qunfa.services.contacts import ImportError_
+
+    c = container()
+    c.migrate()
+    try:
+        with progress_bar() as bar:
+            r = c.contacts.import_csv(account, file, column, bar)
+    except (ImportError_, AccountError) as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"{r.rows:,} rows: {r.imported:,} imported ({r.new:,} new), {r.rejected:,} rejected "
+        f"in {r.seconds:.1f}s"
+    )
+    if r.errors_file:
+        console.print(f"rejected rows (row, column, reason): {r.errors_file}")
 
 
 # -- campaigns ------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Audience expressions of the walking skeleton: everyone, one tag, or an explicit list.
 
-``all`` · ``tag:<name>`` · ``openids:<comma-separated>``. The full segment language arrives
+``all`` · ``tag:<name>`` · ``openids:<comma-separated>`` (``ids:`` is the same for any
+channel's recipient ids). The full segment language arrives
 with the audience work; this parser keeps the same entry point.
 """
 
@@ -42,7 +43,7 @@ def parse_audience(text: str) -> Audience:
         if not rest.strip():
             raise AudienceError("audience 'tag:' needs a tag name, e.g. tag:VIP")
         return Audience("tag", tag=rest.strip())
-    if kind == "openids":
+    if kind in ("openids", "ids"):  # ids: the generic spelling for any channel
         ids = tuple(x.strip() for x in rest.split(",") if x.strip())
         if not ids:
             raise AudienceError("audience 'openids:' needs at least one openid")

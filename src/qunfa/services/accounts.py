@@ -12,9 +12,9 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 
 from qunfa.channels.base import AccountConfig, Channel, ChannelContext
 from qunfa.channels.http import HttpClient
@@ -109,12 +109,16 @@ class AccountService:
             return list(s.scalars(select(Account).order_by(Account.id)))
 
     def get(self, ref: int | str) -> Account:
-        """An account by id or by app id."""
+        """An account by app id (appid, corpid, SdkAppId …) or, failing that, by row id.
+
+        The app id wins: an all-digit SdkAppId must not be mistaken for a row id.
+        """
         with self.c.sessions() as s:
-            if isinstance(ref, int) or str(ref).isdigit():
+            acc = None
+            if not isinstance(ref, int):
+                acc = s.scalars(select(Account).where(Account.app_id == str(ref))).first()
+            if acc is None and str(ref).isdigit():
                 acc = s.get(Account, int(ref))
-            else:
-                acc = s.scalars(select(Account).where(Account.app_id == ref)).first()
             if acc is None:
                 raise AccountError(f"no account {ref!r}; see `qunfa accounts list`")
             return acc
@@ -147,8 +151,13 @@ class AccountService:
     async def sync(self, ref: int | str, progress: Progress | None = None) -> SyncReport:
         """Pull followers and tags of an Official Account into contacts/identities/tags."""
         acc = self.get(ref)
+        if acc.channel == "wecom_customer":
+            return await self._sync_wecom_customers(acc, progress)
         if acc.channel != "wechat_oa":
-            raise AccountError(f"sync is available for wechat_oa accounts, not {acc.channel}")
+            raise AccountError(
+                f"{acc.channel} has no contact-list API to sync from; import its recipients "
+                "with `qunfa contacts import FILE --account …`"
+            )
         started = time.time()
         report = {"followers": 0, "new": 0, "tags": 0, "tagged": 0}
         async with HttpClient(self.c.settings.http_timeout) as http:
@@ -180,61 +189,97 @@ class AccountService:
             seconds=time.time() - started,
         )
 
-    def _identity_ids(self, account_id: int, openids: list[str]) -> dict[bytes, int]:
-        ring = self.c.keyring
-        bis = [ring.blind(o) for o in openids]
+    async def _sync_wecom_customers(self, acc: Account, progress: Progress | None) -> SyncReport:
+        """WeCom customers: every member with customer-contact rights, their customers paged."""
+        started = time.time()
+        total = new = 0
+        async with HttpClient(self.c.settings.http_timeout) as http:
+            adapter: Any = self.adapter(acc, http)
+            staff = list(await adapter.follow_users())
+            async for page in adapter.customers(staff):
+                ids = [str(item["external_userid"]) for item in page]
+                new += self.upsert_identities(acc.id, "external_userid", ids, started)
+                total += len(ids)
+                if progress:
+                    progress("customers", total, None)
+        unsubscribed = self._mark_unsubscribed(acc.id, started, "external_userid")
         with self.c.sessions() as s:
-            rows = s.execute(
-                select(Identity.value_bi, Identity.id).where(
-                    Identity.account_id == account_id,
-                    Identity.kind == "openid",
-                    Identity.value_bi.in_(bis),
+            s.execute(update(Account).where(Account.id == acc.id).values(synced_at=time.time()))
+            s.commit()
+        return SyncReport(total, new, unsubscribed, 0, 0, time.time() - started)
+
+    def _identity_ids(
+        self, account_id: int, blinds: list[bytes], kind: str = "openid"
+    ) -> dict[bytes, int]:
+        """Identity ids of this account's ids of ``kind``, by blind index (one IN query)."""
+        t = cast(Table, Identity.__table__)
+        with self.c.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.c.value_bi, t.c.id).where(
+                    t.c.account_id == account_id, t.c.kind == kind, t.c.value_bi.in_(blinds)
                 )
             )
-            return {bytes(bi): iid for bi, iid in rows}
+            return {bytes(bi): int(iid) for bi, iid in rows}
 
     def _upsert_followers(self, account_id: int, openids: list[str], now: float) -> int:
+        return self.upsert_identities(account_id, "openid", openids, now)
+
+    def upsert_identities(self, account_id: int, kind: str, values: list[str], now: float) -> int:
+        """Upsert one page of ids of ``kind`` set-based: one lookup, two bulk inserts, one update.
+
+        New ids get a new contact each (merging identities into one person is the audience
+        work's job); known ones are marked subscribed and touched (``updated_at = now``), which
+        is how a full sync finds the ones that disappeared. Core statements on the tables
+        (executemany), not the ORM's bulk path, which costs ~10× more per row here; each
+        value's blind index is computed once. Returns how many were new.
+        """
         ring = self.c.keyring
-        existing = self._identity_ids(account_id, openids)
-        fresh = [o for o in openids if ring.blind(o) not in existing]
-        with self.c.sessions() as s:
+        values = list(dict.fromkeys(values))
+        blinds = [ring.blind(v) for v in values]
+        existing = self._identity_ids(account_id, blinds, kind)
+        fresh = [(o, bi) for o, bi in zip(values, blinds, strict=True) if bi not in existing]
+        ids, contacts = cast(Table, Identity.__table__), cast(Table, Contact.__table__)
+        with self.c.engine.begin() as conn:
             if existing:
-                s.execute(
-                    update(Identity)
-                    .where(Identity.id.in_(list(existing.values())))
+                conn.execute(
+                    update(ids)
+                    .where(ids.c.id.in_(list(existing.values())))
                     .values(subscribed=True, updated_at=now)
                 )
             if fresh:
-                contact_ids = s.scalars(
-                    insert(Contact).returning(Contact.id, sort_by_parameter_order=True),
-                    [{"created_at": now, "updated_at": now} for _ in fresh],
-                ).all()
-                s.execute(
-                    insert(Identity),
+                contact_ids = (
+                    conn.execute(
+                        insert(contacts).returning(contacts.c.id, sort_by_parameter_order=True),
+                        [{"created_at": now, "updated_at": now}] * len(fresh),
+                    )
+                    .scalars()
+                    .all()
+                )
+                conn.execute(
+                    insert(ids),
                     [
                         {
                             "contact_id": cid,
                             "account_id": account_id,
-                            "kind": "openid",
+                            "kind": kind,
                             "value_enc": ring.encrypt(o),
-                            "value_bi": ring.blind(o),
+                            "value_bi": bi,
                             "subscribed": True,
                             "subscribed_at": now,
                             "updated_at": now,
                         }
-                        for cid, o in zip(contact_ids, fresh, strict=True)
+                        for cid, (o, bi) in zip(contact_ids, fresh, strict=True)
                     ],
                 )
-            s.commit()
         return len(fresh)
 
-    def _mark_unsubscribed(self, account_id: int, sync_started: float) -> int:
+    def _mark_unsubscribed(self, account_id: int, sync_started: float, kind: str = "openid") -> int:
         with self.c.sessions() as s:
             result = s.execute(
                 update(Identity)
                 .where(
                     Identity.account_id == account_id,
-                    Identity.kind == "openid",
+                    Identity.kind == kind,
                     Identity.subscribed.is_(True),
                     Identity.updated_at < sync_started,
                 )
@@ -258,15 +303,15 @@ class AccountService:
             return tag.id
 
     def _add_tag_members(self, account_id: int, tag_id: int, openids: list[str]) -> int:
-        ids = self._identity_ids(account_id, openids)
+        ring = self.c.keyring
+        ids = self._identity_ids(account_id, [ring.blind(o) for o in openids])
         if not ids:
             return 0
-        with self.c.sessions() as s:
-            s.execute(
-                insert(IdentityTag),
+        with self.c.engine.begin() as conn:
+            conn.execute(
+                insert(cast(Table, IdentityTag.__table__)),
                 [{"tag_id": tag_id, "identity_id": iid} for iid in ids.values()],
             )
-            s.commit()
         return len(ids)
 
     def _count_tag(self, tag_id: int) -> None:

@@ -74,12 +74,13 @@ class CampaignService:
             cls.validate_content(content, self.c.accounts.config(acc, channel).rules)
         except ContentError as exc:
             raise CampaignError(str(exc)) from exc
-        if channel == "wechat_template":
-            mode = "template"
-        elif aud.kind == "openids" or as_list:
-            mode = "list"
-        else:
-            mode = "to_all" if aud.kind == "all" else "tag"
+        if channel == "wechat_oa":
+            if aud.kind == "openids" or as_list:
+                mode = "list"
+            else:
+                mode = "to_all" if aud.kind == "all" else "tag"
+        else:  # every other channel has one mode; the audience is resolved by qunfa
+            mode = sorted(cls.modes)[0]
         if aud.kind == "tag":
             self._tag(acc.id, aud)  # fail now, not at plan time, if it does not exist
         with self.c.sessions() as s:
@@ -190,7 +191,7 @@ class CampaignService:
         params: dict[str, Any] = {
             "campaign_id": camp.id,
             "account_id": acc.id,
-            "kind": "openid",
+            "kind": channel_class(camp.channel).recipient_kind,
             "yes": True,
             "page_size": page,
             "batch_size": size,
@@ -255,7 +256,7 @@ class CampaignService:
                 select(Identity.id, Identity.contact_id)
                 .where(
                     Identity.account_id == acc.id,
-                    Identity.kind == "openid",
+                    Identity.kind == channel_class(camp.channel).recipient_kind,
                     Identity.subscribed.is_(True),
                     Identity.value_bi.in_(bis),
                 )

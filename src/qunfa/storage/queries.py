@@ -94,7 +94,7 @@ WHERE id = :batch_id
 )
 
 # batch_recipients: the encrypted recipient ids of one batch, in planning order. Served by
-# ix_deliveries_batch (campaign_id, batch_no, status) and the identities primary key.
+# ix_deliveries_batch (campaign_id, batch_no) and the identities primary key.
 BATCH_RECIPIENTS = _sql(
     """
 SELECT d.id, i.value_enc

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 21:45:54.978317
+Create Date: 2026-11-23 22:09:01.303875
 """
 
 from __future__ import annotations
@@ -218,9 +218,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("campaign_id", "identity_id", name=op.f("uq_deliveries_campaign_id")),
     )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_deliveries_batch", ["campaign_id", "batch_no", "status"], unique=False
-        )
+        batch_op.create_index("ix_deliveries_batch", ["campaign_id", "batch_no"], unique=False)
         batch_op.create_index("ix_deliveries_msg", ["platform_msg_id"], unique=False)
 
     op.create_table(
