@@ -28,6 +28,10 @@ from qunfa.settings import Settings
 from qunfa.worker.queue import Worker
 
 APPID = "wx5f3a9c0d1e2b4a68"
+CORPID = "ww3c5e7a9b1d2f4608"
+SMS_APP = "1400987654"
+WECOM_STAFF, WECOM_CUSTOMERS = 20, 2_000
+SMS_PHONES = 5_000
 DEMO_TAGS = {"VIP": 0.05, "上海": 0.2, "北京": 0.15, "新客": 0.3, "沉睡用户": 0.25}
 Step = Callable[[str], None]
 Progress = Callable[[str, int, int | None], None]
@@ -151,16 +155,24 @@ def run_demo(
                 },
             ),
         ]
+        campaigns += _wecom_campaign(c, admin, sandbox.url, server.url, step, progress)
+        campaigns += _sms_campaign(c, admin, sandbox.url, server.url, data_dir, step, progress)
         for camp in campaigns:
-            step(f"sending campaign {camp.id} ({camp.audience})")
+            step(f"sending campaign {camp.id}: {camp.channel} → {camp.audience}")
             c.campaigns.start(camp.id, progress)
         wait_for(c, [camp.id for camp in campaigns], timeout, progress)
         statuses = [c.campaigns.status(camp.id) for camp in campaigns]
+        ledgers = {
+            "wechat_oa": admin.ledger("wechat_oa", APPID),
+            "wecom_customer": admin.ledger("wecom_customer", CORPID),
+            "sms_tencent": admin.ledger("sms_tencent", SMS_APP),
+        }
         run.summary = {
             "contacts": contacts,
             "sync": {"followers": sync.followers, "tags": sync.tags, "seconds": sync.seconds},
             "campaigns": statuses,
-            "ledger": admin.ledger("wechat_oa", APPID),
+            "ledger": ledgers["wechat_oa"],
+            "ledgers": ledgers,
             "seconds": round(time.time() - started, 2),
             "console": server.url,
         }
@@ -168,6 +180,77 @@ def run_demo(
     except BaseException:
         run.close()
         raise
+
+
+def _wecom_campaign(
+    c: Container, admin: SandboxAdmin, sandbox_url: str, server_url: str, step: Step,
+    progress: Progress | None,
+) -> list[Any]:  # fmt: skip
+    """A WeCom corp whose staff confirm the mass-send task, and one campaign to its customers."""
+    secret, token, aes = secrets.token_hex(16), secrets.token_hex(8), _aes_key()
+    step(f"creating a WeCom corp with {WECOM_CUSTOMERS:,} customers of {WECOM_STAFF} staff")
+    admin.create_account(
+        "wecom", corpid=CORPID, secret=secret, staff=WECOM_STAFF, customers=WECOM_CUSTOMERS,
+        confirm_delay_seconds=1.0, confirm_rate=1.0, token=token, encoding_aes_key=aes,
+        callback_url=f"{server_url}/callbacks/wecom/{CORPID}",
+    )  # fmt: skip
+    c.accounts.add(
+        channel="wecom_customer", app_id=CORPID, name="qunfa 演示企业",
+        base_url=f"{sandbox_url}/wecom", credentials={"corpid": CORPID, "secret": secret},
+        token=token, encoding_aes_key=aes,
+    )  # fmt: skip
+    sync = asyncio.run(c.accounts.sync(CORPID, progress))
+    step(f"synced {sync.followers:,} WeCom customers")
+    return [
+        c.campaigns.create(
+            name="企业微信客户群发：年终回馈",
+            channel="wecom_customer",
+            account=CORPID,
+            audience="all",
+            content={"text": {"content": "年终回馈：老客户专享礼包已到账。"}},
+        )
+    ]
+
+
+def _sms_campaign(
+    c: Container, admin: SandboxAdmin, sandbox_url: str, server_url: str, data_dir: Path,
+    step: Step, progress: Progress | None,
+) -> list[Any]:  # fmt: skip
+    """An SMS account, phones imported from a CSV, and one marketing SMS with its opt-out."""
+    secret_id, secret_key = f"AKID{secrets.token_hex(8)}", secrets.token_hex(16)
+    template = "会员日全场{1}折，详情见 {2}，回T退订"
+    admin.create_account(
+        "sms_tencent", sdk_app_id=SMS_APP, secret_id=secret_id, secret_key=secret_key,
+        sign_name="qunfa演示", templates={"1001": template}, receipt_delay_seconds=1.0,
+        fail_rate=0.02, callback_url=f"{server_url}/callbacks/sms_tencent/{SMS_APP}",
+    )  # fmt: skip
+    c.accounts.add(
+        channel="sms_tencent", app_id=SMS_APP, name="qunfa 演示短信",
+        base_url=f"{sandbox_url}/sms_tencent",
+        credentials={"secret_id": secret_id, "secret_key": secret_key, "sdk_app_id": SMS_APP,
+                     "sign_name": "qunfa演示"},
+    )  # fmt: skip
+    csv_path = data_dir / "sms_phones.csv"
+    csv_path.write_text(
+        "phone\n" + "".join(f"138{i:08d}\n" for i in range(SMS_PHONES)), encoding="utf-8"
+    )
+    report = c.contacts.import_csv(SMS_APP, csv_path, progress=progress)
+    step(f"imported {report.imported:,} phone numbers for SMS")
+    content = {
+        "template_id": "1001",
+        "params": ["8", "qf.example/vip"],
+        "text": template.replace("{1}", "8").replace("{2}", "qf.example/vip"),
+        "category": "marketing",
+    }
+    return [
+        c.campaigns.create(
+            name="短信：会员日提醒",
+            channel="sms_tencent",
+            account=SMS_APP,
+            audience="all",
+            content=content,
+        )
+    ]
 
 
 def wait_for(

@@ -18,18 +18,30 @@ def test_demo_json_summary(tmp_path: Path) -> None:
     )  # fmt: skip
     summary = json.loads(out.stdout)
     assert summary["contacts"] == 5000 and summary["sync"]["followers"] == 5000
-    vip, everyone = summary["campaigns"]
+    by_channel: dict[str, list[dict]] = {}  # type: ignore[type-arg]
+    for camp in summary["campaigns"]:
+        by_channel.setdefault(camp["channel"], []).append(camp)
+        assert camp["state"] == "done", camp
+    vip, everyone = by_channel["wechat_oa"]
     assert vip["audience"] == "tag:VIP" and everyone["audience"] == "all"
     for camp in (vip, everyone):
-        assert camp["state"] == "done"
         assert camp["deliveries"] == {"sent": camp["planned"]}
         # The platform's own count, from the encrypted MASSSENDJOBFINISH callback.
         assert camp["platform"]["sent"] == camp["planned"]
     assert everyone["planned"] == 5000 and 100 < vip["planned"] < 500  # VIP is ~5%
-    ledger = summary["ledger"]
-    assert ledger["recipients"] == 5000
-    assert ledger["messages"] == 5000 + vip["planned"]
-    assert ledger["max_per_recipient"] == 2  # VIPs got both campaigns, nobody more
+    ledgers = summary["ledgers"]
+    assert ledgers["wechat_oa"]["recipients"] == 5000
+    assert ledgers["wechat_oa"]["messages"] == 5000 + vip["planned"]
+    assert ledgers["wechat_oa"]["max_per_recipient"] == 2  # VIPs got both, nobody more
+    (wecom,) = by_channel["wecom_customer"]
+    assert wecom["deliveries"] == {"sent": 2000}  # per-customer status polled from WeCom
+    assert ledgers["wecom_customer"]["messages"] == 2000
+    (sms,) = by_channel["sms_tencent"]
+    d = sms["deliveries"]
+    assert d.get("sent", 0) + d.get("failed", 0) == sms["planned"] == 5000
+    assert ledgers["sms_tencent"]["max_per_recipient"] == 1
+    for ledger in ledgers.values():
+        assert ledger["max_per_recipient"] <= 2
 
 
 def test_demo_refuses_a_busy_port(tmp_path: Path) -> None:

@@ -105,6 +105,9 @@ class Channel(ABC):
     # The rule naming the platform's dedupe window in seconds (clientmsgid 24 h …); an in-doubt
     # batch older than 90% of it is never re-sent. None: the engine's ``unknown_after``.
     dedupe_window_rule: ClassVar[str | None] = None
+    # The rule naming how many recipients a day this channel may reach from one account (the
+    # personal-WeChat risk pacing); the planner then spreads batches over days. None: no pacing.
+    daily_pace_rule: ClassVar[str | None] = None
     # Seconds between result polls of an accepted batch; None: wait for a callback and poll
     # only after ``settle_after``.
     poll_interval: ClassVar[float | None] = None

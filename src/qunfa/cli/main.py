@@ -417,25 +417,32 @@ def demo(
 
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(
-        "#", "campaign", "audience", "state", "planned", "sent", "platform total/filter/sent/error"
-    )
+        "#", "campaign", "channel", "audience", "state", "planned", "sent", "failed",
+        "platform total/filter/sent/error",
+    )  # fmt: skip
     for s in summary["campaigns"]:
         p = s["platform"]
+        platform = (
+            "—" if p["total"] is None else f"{p['total']}/{p['filter']}/{p['sent']}/{p['error']}"
+        )
         table.add_row(
             str(s["id"]),
             s["name"],
+            s["channel"],
             s["audience"],
             s["state"],
             f"{s['planned']:,}",
             f"{s['deliveries'].get('sent', 0):,}",
-            f"{p['total']}/{p['filter']}/{p['sent']}/{p['error']}",
+            f"{s['deliveries'].get('failed', 0):,}",
+            platform,
         )
     console.print(table)
-    led = summary["ledger"]
-    console.print(
-        f"sandbox ledger: {led['messages']:,} messages to {led['recipients']:,} recipients, "
-        f"at most {led['max_per_recipient']} per recipient · {summary['seconds']}s in all"
-    )
+    for channel, led in summary["ledgers"].items():
+        console.print(
+            f"sandbox ledger {channel}: {led['messages']:,} messages to {led['recipients']:,} "
+            f"recipients, at most {led['max_per_recipient']} per recipient"
+        )
+    console.print(f"{summary['seconds']}s in all")
 
 
 if __name__ == "__main__":

@@ -12,12 +12,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, insert, select, update
 
 from qunfa.channels.base import ContentError
 from qunfa.channels.registry import account_channel, channel_class
+from qunfa.channels.wechat_oa import CHINA
 from qunfa.domain.audience import Audience, AudienceError, parse_audience
 from qunfa.domain.keys import batch_key
 from qunfa.domain.states import CampaignState, campaign_transition
@@ -148,6 +150,7 @@ class CampaignService:
             total = self._plan_explicit(camp, acc, aud, batch_size)
         else:
             total = self._plan_pages(camp, acc, aud, batch_size, progress)
+        self._pace(camp, acc, batch_size)
         with self.c.sessions() as s:
             nbatches = s.scalar(
                 select(func.count()).select_from(Batch).where(Batch.campaign_id == campaign_id)
@@ -167,6 +170,29 @@ class CampaignService:
                 planned_at=time.time(),
             )
         return PlanReport(campaign_id, total, nbatches or 0, time.time() - started)
+
+    def _pace(self, camp: Campaign, acc: Account, batch_size: int) -> None:
+        """Spread batches over days for channels with a daily pace (personal WeChat).
+
+        Day 0's batches are due now; day k's at ``pace_start_hour`` (China time) k days later.
+        """
+        cls = channel_class(camp.channel)
+        if cls.daily_pace_rule is None or batch_size <= 0:
+            return
+        rules = self.c.accounts.config(acc, camp.channel).rules
+        per_day = max(1, rules[cls.daily_pace_rule] // batch_size)
+        start_hour = rules["pace_start_hour"] if "pace_start_hour" in rules.rules else 9
+        now = datetime.now(CHINA)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        with self.c.sessions() as s:
+            batches = s.scalars(
+                select(Batch).where(Batch.campaign_id == camp.id).order_by(Batch.batch_no)
+            ).all()
+            for b in batches:
+                day = b.batch_no // per_day
+                due = now if day == 0 else midnight + timedelta(days=day, hours=start_hour)
+                b.next_attempt_at = due.timestamp()
+            s.commit()
 
     def _batch_size(self, camp: Campaign, acc: Account) -> int:
         rules = self.c.accounts.config(acc, camp.channel).rules
