@@ -58,10 +58,10 @@ class PersonalWechat(Channel):
         ``{link}`` in the text marks where the batch's tracked link goes; without it the link
         replaces the literal ``url`` in the text, or is appended on its own line.
         """
-        unknown = set(content) - CONTENT_KEYS
+        unknown = ", ".join(sorted(set(content) - CONTENT_KEYS))
         if unknown:
             raise ContentError(
-                f"personal_wechat content has only 'text' and 'url', not {', '.join(sorted(unknown))}"
+                f"personal_wechat content has only 'text' and 'url', not {unknown}"
                 ' (example: {"text": "新品上架 {link}", "url": "https://shop.example/new"})'
             )
         text = content.get("text")
