@@ -78,6 +78,12 @@ class Container:
         return CampaignService(self)
 
     @cached_property
+    def tasks(self) -> Any:
+        from qunfa.services.tasks import TaskService
+
+        return TaskService(self)
+
+    @cached_property
     def dispatcher(self) -> Any:
         from qunfa.services.dispatcher import Dispatcher
 

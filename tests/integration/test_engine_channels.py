@@ -150,3 +150,47 @@ def test_wecom_customer_in_doubt_is_unknown(
     status = wait(container, camp.id)
     assert status["deliveries"] == {"unknown": 20}
     assert admin.ledger("wecom_customer", corp.corpid)["messages"] == 0
+
+
+def test_wecom_staff_who_have_not_sent_are_shown_reminded_and_cancelled(
+    container: Container, admin: SandboxAdmin, sandbox: EmbeddedSandbox
+) -> None:
+    # Nobody confirms: every member's task stays open until reminded or cancelled.
+    corp = make_corp(admin, container, sandbox.url, customers=40, staff=4, confirm_rate=0.0)
+    asyncio.run(container.accounts.sync(corp.corpid))
+    camp = container.campaigns.create(
+        name="提醒", channel="wecom_customer", account=corp.corpid, audience="all",
+        content={"text": {"content": "年终回馈"}}, options={"remind_every_hours": 0.0001},
+    )  # fmt: skip
+    container.campaigns.start(camp.id)
+    drain(container, rounds=1)
+    container.reconciler.settle_accepted(0)
+    status = container.campaigns.status(camp.id)
+    assert status["state"] == "sending" and status["deliveries"] == {"sending": 40}
+    senders = container.tasks.senders(camp.id)
+    assert len(senders) == 4 and not any(s.sent for s in senders)
+    reminded = 0
+    for _ in range(6):  # the schedule asks every 0.36 s; the platform allows 3 a day
+        time.sleep(0.4)
+        reminded += container.tasks.remind_due()
+    assert reminded == 3 and container.tasks.reminders(camp.id) == 3
+    container.campaigns.cancel(camp.id)
+    status = container.campaigns.status(camp.id)
+    assert status["state"] == "cancelled" and status["deliveries"] == {"failed": 40}
+    assert admin.ledger("wecom_customer", corp.corpid)["messages"] == 0
+
+
+def test_campaign_options_are_validated(container: Container, admin: SandboxAdmin,
+                                        sandbox: EmbeddedSandbox) -> None:  # fmt: skip
+    import pytest
+
+    from qunfa.services.campaigns import CampaignError
+
+    corp = make_corp(admin, container, sandbox.url, customers=5, staff=1)
+    for bad, message in (({"remind_every": 1}, "unknown campaign option"),
+                         ({"remind_every_hours": -1}, "positive")):  # fmt: skip
+        with pytest.raises(CampaignError, match=message):
+            container.campaigns.create(
+                name="x", channel="wecom_customer", account=corp.corpid, audience="all",
+                content={"text": {"content": "x"}}, options=bad,
+            )  # fmt: skip

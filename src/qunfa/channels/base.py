@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from qunfa.channels.http import HttpClient
 from qunfa.channels.ratelimit import RateLimiter
@@ -73,6 +73,23 @@ class Settlement:
 
 class ContentError(ValueError):
     """Content this channel cannot send; the message says what to change."""
+
+
+@runtime_checkable
+class ConfirmableTasks(Protocol):
+    """Channels whose send creates a task that people must confirm (WeCom customer mass send).
+
+    The engine shows who has not sent, reminds them on the campaign's schedule and cancels
+    through these calls.
+    """
+
+    async def staff_status(self, msgid: str) -> list[tuple[str, int, int | None]]:
+        """(member, status 0 not sent / 2 sent, send time) for each member of the task."""
+        ...
+
+    async def remind(self, msgid: str) -> None: ...
+
+    async def cancel(self, msgid: str) -> None: ...
 
 
 @dataclass

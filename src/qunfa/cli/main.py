@@ -258,6 +258,9 @@ def campaign_create(
     template: Annotated[str | None, typer.Option(help="template_id for wechat_template")] = None,
     field: Annotated[list[str] | None, typer.Option(help="template data key=value")] = None,
     as_list: Annotated[bool, typer.Option("--as-list", help="send as openid lists")] = False,
+    remind_every: Annotated[
+        float | None, typer.Option(help="WeCom: hours between reminders to staff who have not sent")
+    ] = None,
 ) -> None:
     """Create a draft campaign."""
     c = container()
@@ -271,6 +274,7 @@ def campaign_create(
             audience=audience,
             content=content,
             as_list=as_list,
+            options={"remind_every_hours": remind_every} if remind_every else None,
         )
     except (CampaignError, AccountError, ValueError) as exc:
         raise fail(str(exc)) from None
@@ -345,6 +349,38 @@ def campaign_status(
         console.print_json(json.dumps(s, ensure_ascii=False))
     else:
         _print_status(s)
+
+
+@campaign_app.command("senders")
+def campaign_senders(
+    campaign_id: int, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """WeCom: the staff members of the campaign's open tasks, and who has not sent yet."""
+    c = container()
+    c.migrate()
+    rows = c.tasks.senders(campaign_id)
+    if as_json:
+        console.print_json(json.dumps([vars(r) for r in rows]))
+        return
+    pending = [r for r in rows if not r.sent]
+    console.print(
+        f"{len(rows)} staff tasks, {len(pending)} not sent yet · "
+        f"{c.tasks.reminders(campaign_id)} reminders sent"
+    )
+    for r in pending:
+        console.print(f"  batch {r.batch_no}: [yellow]{r.userid}[/] has not sent")
+
+
+@campaign_app.command("cancel")
+def campaign_cancel(campaign_id: int) -> None:
+    """Cancel a campaign: queued batches stop, open WeCom tasks are cancelled on the platform."""
+    c = container()
+    c.migrate()
+    try:
+        c.campaigns.cancel(campaign_id)
+    except (CampaignError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    _print_status(c.campaigns.status(campaign_id))
 
 
 @campaign_app.command("list")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 
-class InvalidTransition(Exception):
+class InvalidTransition(ValueError):
     def __init__(self, kind: str, current: str, target: str) -> None:
         super().__init__(f"{kind} cannot go from {current!r} to {target!r}")
         self.current, self.target = current, target

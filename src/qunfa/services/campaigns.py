@@ -45,6 +45,22 @@ class PlanReport:
     seconds: float
 
 
+OPTIONS = {"remind_every_hours": "hours between reminders to staff who have not sent (WeCom)"}
+
+
+def validate_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        known = ", ".join(f"{k} ({v})" for k, v in OPTIONS.items())
+        raise CampaignError(
+            f"unknown campaign option(s) {', '.join(sorted(unknown))}; known: {known}"
+        )
+    hours = options.get("remind_every_hours")
+    if hours is not None and (not isinstance(hours, int | float) or hours <= 0):
+        raise CampaignError("remind_every_hours must be a positive number of hours")
+    return options
+
+
 class CampaignService:
     def __init__(self, c: Container) -> None:
         self.c = c
@@ -59,6 +75,7 @@ class CampaignService:
         audience: str,
         content: dict[str, Any],
         as_list: bool = False,
+        options: dict[str, Any] | None = None,
     ) -> Campaign:
         """Create a draft. ``as_list`` sends a tag or everyone as openid lists (mass/send)."""
         cls = channel_class(channel)
@@ -94,6 +111,7 @@ class CampaignService:
                 audience=str(aud),
                 mode=mode,
                 content=content,
+                options=validate_options(options or {}),
                 state=CampaignState.DRAFT,
                 created_at=time.time(),
             )
@@ -343,7 +361,9 @@ class CampaignService:
         return report
 
     def cancel(self, campaign_id: int) -> None:
+        """Stop a campaign: queued batches are cancelled, open platform tasks too (WeCom)."""
         self._set_state(campaign_id, CampaignState.CANCELLED, finished_at=time.time())
+        self.c.tasks.cancel_open_tasks(campaign_id)
         with self.c.sessions() as s:
             s.execute(
                 update(Batch)

@@ -225,7 +225,11 @@ class Dispatcher:
                 "last_error": None,
                 "last_errcode": None,
             }
-            if self._commit(batch, owner, values, ((("sending",), "sent", None),)):
+            # Channels whose results come by polling (WeCom customer tasks wait for staff to
+            # confirm) keep their recipients "sending" until the platform reports each one.
+            polled = channel_class(camp.channel).poll_interval is not None and not outcome.done
+            moves = () if polled else ((("sending",), "sent", None),)
+            if self._commit(batch, owner, values, moves):
                 if outcome.done:
                     self.check_campaign(camp.id)
                 elif outcome.platform_msg_id:

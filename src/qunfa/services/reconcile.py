@@ -239,6 +239,21 @@ class Reconciler:
                 .where(Batch.id == batch.id, Batch.state == "accepted")
                 .values(**values)
             )
+            if result is not None and result.final:
+                # Recipients the platform gave no individual word on follow the job's outcome.
+                s.execute(
+                    update(Delivery)
+                    .where(
+                        Delivery.campaign_id == batch.campaign_id,
+                        Delivery.batch_no == batch.batch_no,
+                        Delivery.status == "sending",
+                    )
+                    .values(
+                        status="sent" if result.ok else "failed",
+                        reason=None if result.ok else f"platform: {result.status}"[:200],
+                        updated_at=now,
+                    )
+                )
             s.commit()
         if result is not None and result.final:
             self.c.dispatcher.check_campaign(batch.campaign_id)

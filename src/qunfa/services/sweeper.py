@@ -49,12 +49,13 @@ class Sweeper:
                 s.commit()
             self.c.enqueue(ids)
         settled = self.c.reconciler.settle_accepted(self.c.settings.settle_after)
+        reminded = self.c.tasks.remind_due()
         closed = 0
         with self.c.sessions() as s:
             sending = list(s.scalars(select(Campaign.id).where(Campaign.state == "sending")))
         for cid in sending:
             closed += int(self.c.dispatcher.check_campaign(cid))
-        return {"enqueued": len(ids), "settled": settled, "closed": closed}
+        return {"enqueued": len(ids), "settled": settled, "reminded": reminded, "closed": closed}
 
     def run_forever(self, stop: threading.Event) -> None:
         """Sweep every ``sweep_interval`` seconds until ``stop`` is set."""

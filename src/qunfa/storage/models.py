@@ -137,6 +137,8 @@ class Campaign(Base):
     audience: Mapped[str] = mapped_column(Text)  # audience expression, e.g. tag:VIP
     mode: Mapped[str] = mapped_column(String(16))  # to_all | tag | list | template
     content: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Campaign options beyond the content, e.g. {"remind_every_hours": 4} for WeCom tasks.
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     state: Mapped[str] = mapped_column(String(16), default="draft")
     planned_count: Mapped[int] = mapped_column(Integer, default=0)
     batch_count: Mapped[int] = mapped_column(Integer, default=0)

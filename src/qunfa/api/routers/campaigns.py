@@ -21,6 +21,9 @@ class CampaignCreate(BaseModel):
     audience: str = Field(examples=["all", "tag:VIP"])
     content: dict[str, Any] = Field(examples=[{"msgtype": "text", "text": {"content": "你好"}}])
     as_list: bool = Field(default=False, description="send a tag/everyone as openid lists")
+    options: dict[str, Any] = Field(
+        default_factory=dict, examples=[{"remind_every_hours": 4}], description="campaign options"
+    )
 
 
 class CampaignPublic(BaseModel):
@@ -72,6 +75,29 @@ def send_campaign(campaign_id: int, c: ContainerDep) -> dict[str, Any]:
     try:
         c.campaigns.start(campaign_id)
     except CampaignError as exc:
+        raise HTTPException(409, str(exc)) from None
+    result: dict[str, Any] = c.campaigns.status(campaign_id)
+    return result
+
+
+class SenderPublic(BaseModel):
+    batch_no: int
+    userid: str
+    sent: bool
+    send_time: int | None
+
+
+@router.get("/{campaign_id}/senders", response_model=list[SenderPublic])
+def campaign_senders(campaign_id: int, c: ContainerDep) -> list[SenderPublic]:
+    """Staff members of the campaign's open tasks (WeCom) and whether each has sent."""
+    return [SenderPublic(**vars(x)) for x in c.tasks.senders(campaign_id)]
+
+
+@router.post("/{campaign_id}/cancel", response_model=CampaignPublic)
+def cancel_campaign(campaign_id: int, c: ContainerDep) -> dict[str, Any]:
+    try:
+        c.campaigns.cancel(campaign_id)
+    except (CampaignError, ValueError) as exc:
         raise HTTPException(409, str(exc)) from None
     result: dict[str, Any] = c.campaigns.status(campaign_id)
     return result

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 22:09:01.303875
+Create Date: 2026-11-23 22:17:50.249699
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def upgrade() -> None:
         sa.Column("audience", sa.Text(), nullable=False),
         sa.Column("mode", sa.String(length=16), nullable=False),
         sa.Column("content", sa.JSON(), nullable=False),
+        sa.Column("options", sa.JSON(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("planned_count", sa.Integer(), nullable=False),
         sa.Column("batch_count", sa.Integer(), nullable=False),
