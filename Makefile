@@ -35,6 +35,7 @@ fmt: $(STAMP)
 ## make bench: performance figures (ratios against a raw floor measured in the same run)
 bench: $(STAMP)
 	$(BIN)/python bench/broadcast.py --recipients 1000000
+	$(BIN)/python bench/sms.py --recipients 1000000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data

@@ -26,19 +26,17 @@ import argparse
 import asyncio
 import base64
 import json
-import os
-import resource
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import child, free_port, peak_rss_mb, sandbox_process
 
 APPID = "wxbench000000001"
 SECRET = "bench-secret-0123456789abcdef"
@@ -47,22 +45,7 @@ CONCURRENCY = 4  # worker threads in qunfa; concurrent posts in the floor
 RAISED = {"mass_calls_per_minute": 1_000_000}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM). ``ru_maxrss`` is not used: Linux carries it across
-    execve, so a child would report its parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# -- setup ------------------------------------------------------------------------------------------
+# -- setup ---------------------------------------------------------------------------------------
 def setup(n: int, work: Path, sandbox_url: str, callback_port: int) -> dict[str, Any]:
     from qunfa.bootstrap import Container
     from qunfa.sandbox.admin_client import SandboxAdmin
@@ -215,8 +198,9 @@ async def floor_send(work: Path, sandbox_url: str) -> dict[str, Any]:
         pending = set(msg_ids)
         while pending:  # the same wait for the platform's result as qunfa's reconcile
             for mid in list(pending):
-                r = await http.post(f"{root}/message/mass/get",
-                                    params={"access_token": token}, json={"msg_id": mid})  # fmt: skip
+                r = await http.post(
+                    f"{root}/message/mass/get", params={"access_token": token}, json={"msg_id": mid}
+                )
                 if (await r.json()).get("msg_status") != "SENDING":
                     pending.discard(mid)
             if pending:
@@ -229,18 +213,6 @@ async def floor_send(work: Path, sandbox_url: str) -> dict[str, Any]:
 
 
 # -- orchestration -------------------------------------------------------------------------------
-def child(role: str, work: Path, sandbox_url: str, callback_port: int) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", role, "--work", str(work),
-         "--sandbox", sandbox_url, "--callback-port", str(callback_port)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if out.returncode != 0:
-        raise SystemExit(f"{role} run failed:\n{out.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--recipients", type=int, default=1_000_000)
@@ -260,31 +232,16 @@ def main() -> None:
     n = args.recipients
     with tempfile.TemporaryDirectory(prefix="qunfa-bench-") as tmp:
         work = Path(tmp)
-        port, callback_port = free_port(), free_port()
-        sandbox = subprocess.Popen(
-            [sys.executable, "-m", "qunfa.cli.main", "sandbox", "--port", str(port),
-             "--state", str(work / "sandbox.db")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(200):
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    time.sleep(0.05)
+        callback_port = free_port()
+        with sandbox_process(work / "sandbox.db") as url:
             log = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
             log(f"setup: sandbox account with {n:,} followers, sync into qunfa …")
             prepared = setup(n, work, url, callback_port)
             log(f"setup done ({prepared}); floor run …")
-            floor = child("floor", work, url, callback_port)
+            common = ["--work", str(work), "--sandbox", url, "--callback-port", str(callback_port)]
+            floor = child(__file__, "floor", *common)
             log(f"floor: {floor}; qunfa run …")
-            qunfa = child("qunfa", work, url, callback_port)
-        finally:
-            sandbox.kill()
-            sandbox.wait()
+            qunfa = child(__file__, "qunfa", *common)
     ratio = qunfa["seconds"] / floor["seconds"]
     result = {
         "recipients": n,

@@ -122,5 +122,7 @@ class Container:
         self._enqueue = fn
 
     def close(self) -> None:
+        if "dispatcher" in self.__dict__:
+            self.dispatcher.close_thread()
         if "engine" in self.__dict__:
             self.engine.dispose()

@@ -10,6 +10,7 @@ from qunfa.api.routers import (
     callbacks_receipts,
     callbacks_wecom,
     campaigns,
+    personal_wechat,
 )
 from qunfa.bootstrap import Container
 from qunfa.console import pages
@@ -27,6 +28,7 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(callbacks_receipts.router)
     app.include_router(campaigns.router)
     app.include_router(accounts.router)
+    app.include_router(personal_wechat.router)
     app.include_router(pages.router)
 
     @app.get("/healthz", tags=["ops"])

@@ -122,6 +122,10 @@ class Channel(ABC):
     # The rule naming the platform's dedupe window in seconds (clientmsgid 24 h …); an in-doubt
     # batch older than 90% of it is never re-sent. None: the engine's ``unknown_after``.
     dedupe_window_rule: ClassVar[str | None] = None
+    # True when an accepted batch's recipients are only known reached later, one by one (a
+    # person marks a personal-WeChat batch sent); they stay "sending" until then. Channels
+    # with a poll_interval behave so too.
+    results_later: ClassVar[bool] = False
     # The rule naming how many recipients a day this channel may reach from one account (the
     # personal-WeChat risk pacing); the planner then spreads batches over days. None: no pacing.
     daily_pace_rule: ClassVar[str | None] = None

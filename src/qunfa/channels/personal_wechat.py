@@ -44,6 +44,7 @@ class PersonalWechat(Channel):
     sandbox_prefix: ClassVar[str] = "personal_wechat"
     # No platform call exists; a repeated hand-over of the same batch key is the same batch.
     idempotent: ClassVar[bool] = True
+    results_later: ClassVar[bool] = True  # recipients count as reached once a person marks it
     daily_pace_rule: ClassVar[str | None] = "daily_pace"
 
     @classmethod

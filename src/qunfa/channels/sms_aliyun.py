@@ -15,10 +15,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import aiohttp
-
 from qunfa.channels.base import Channel, ContentError, OutboundBatch
-from qunfa.channels.http import HttpClient, TransportError
+from qunfa.channels.http import HttpClient, TransportError, decode_json
 from qunfa.channels.sms_common import (
     account_opt_out,
     seconds_to_china_midnight,
@@ -85,25 +83,8 @@ async def post_form(http: HttpClient, url: str, form: Mapping[str, str]) -> Any:
     ``HttpClient`` only sends JSON bodies, and a GET with 100 numbers and their sign names
     outgrows URL limits; this uses the client's session and raises the same ``TransportError``.
     """
-    session = http._get_session()
-    try:
-        async with session.post(url, data=dict(form)) as resp:
-            raw = await resp.read()
-            if resp.status >= 500 or resp.status == 429:
-                in_doubt = resp.status in (500, 502, 504)
-                raise TransportError(f"HTTP {resp.status} from {url}", in_doubt=in_doubt)
-            try:
-                return json.loads(raw)
-            except ValueError as exc:
-                raise TransportError(
-                    f"HTTP {resp.status} from {url}: body is not JSON", in_doubt=False
-                ) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise TransportError(f"cannot connect to {url}: {exc}", in_doubt=False) from exc
-    except TimeoutError as exc:
-        raise TransportError(f"timed out waiting for {url}", in_doubt=True) from exc
-    except aiohttp.ClientError as exc:
-        raise TransportError(f"connection to {url} failed: {exc}", in_doubt=True) from exc
+    resp = await http.request_raw("POST", url, data=dict(form))
+    return decode_json(resp, url)
 
 
 class SmsAliyun(Channel):

@@ -24,8 +24,6 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
-import aiohttp
-
 from qunfa.channels.base import Channel, OutboundBatch
 from qunfa.channels.http import HttpClient, TransportError
 from qunfa.domain.outcomes import BatchOutcome, ErrorClass, PlatformError
@@ -93,16 +91,8 @@ async def post_raw(
     Uses the shared client's session; transport failures raise ``TransportError`` with the same
     in-doubt rules as :meth:`HttpClient.request_json`.
     """
-    session = http._get_session()  # the shared pool; request_json can't send signed raw bytes
-    try:
-        async with session.post(url, data=data, headers=headers, allow_redirects=False) as resp:
-            return resp.status, dict(resp.headers), await resp.read()
-    except aiohttp.ClientConnectorError as exc:
-        raise TransportError(f"cannot connect to {url}: {exc}", in_doubt=False) from exc
-    except TimeoutError as exc:
-        raise TransportError(f"timed out waiting for {url}", in_doubt=True) from exc
-    except aiohttp.ClientError as exc:
-        raise TransportError(f"connection to {url} failed: {exc}", in_doubt=True) from exc
+    resp = await http.request_raw("POST", url, data=data, headers=headers, allow_redirects=False)
+    return resp.status, resp.headers, resp.body
 
 
 class Webhook(Channel):

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from qunfa.bootstrap import Container
+from qunfa.cli.personal import personal_app
 from qunfa.services.accounts import AccountError
 from qunfa.services.campaigns import CampaignError
 
@@ -28,6 +29,7 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(campaign_app, name="campaign")
 contacts_app = typer.Typer(help="Contacts and their recipient ids.", no_args_is_help=True)
 app.add_typer(contacts_app, name="contacts")
+app.add_typer(personal_app, name="personal", help="Personal WeChat: prepared batches, marks.")
 console = Console()
 err = Console(stderr=True)
 
@@ -147,16 +149,16 @@ def accounts_add(
             app_id=app_id,
             secret=secret,
             name=name,
-            kind=kind,
+            kind=kind or "",
             base_url=base_url,
             token=token,
             encoding_aes_key=aes_key,
         )
     except (AccountError, ValueError) as exc:
         raise fail(str(exc)) from None
-    console.print(
-        f"account {acc.id} ({acc.app_id}, {acc.kind}) saved; next: qunfa accounts sync {acc.app_id}"
-    )
+    syncable = channel in ("wechat_oa", "wecom_customer")
+    nxt = "qunfa accounts sync" if syncable else "qunfa contacts import FILE --account"
+    console.print(f"account {acc.id} ({acc.app_id}) saved; next: {nxt} {acc.app_id}")
 
 
 @accounts_app.command("list")
@@ -230,7 +232,12 @@ def contacts_import(
 
 # -- campaigns ------------------------------------------------------------------------------------
 def _content(
-    text: str | None, mpnews: str | None, template: str | None, fields: list[str]
+    channel: str,
+    text: str | None,
+    mpnews: str | None,
+    template: str | None,
+    fields: list[str],
+    url: str | None = None,
 ) -> dict[str, Any]:
     if template:
         data = {}
@@ -240,6 +247,12 @@ def _content(
                 raise fail(f"--field {f!r} must look like key=value")
             data[key] = value
         return {"template_id": template, "data": data}
+    if channel == "personal_wechat":
+        if not text:
+            raise fail("a personal WeChat campaign needs --text (and optionally --url)")
+        return {"text": text, **({"url": url} if url else {})}
+    if channel in ("wecom_customer", "wecom_app") and text:
+        return {"msgtype": "text", "text": {"content": text}}
     if mpnews:
         return {"msgtype": "mpnews", "mpnews": {"media_id": mpnews}}
     if text:
@@ -258,6 +271,7 @@ def campaign_create(
     template: Annotated[str | None, typer.Option(help="template_id for wechat_template")] = None,
     field: Annotated[list[str] | None, typer.Option(help="template data key=value")] = None,
     as_list: Annotated[bool, typer.Option("--as-list", help="send as openid lists")] = False,
+    url: Annotated[str | None, typer.Option(help="personal_wechat: the link to track")] = None,
     remind_every: Annotated[
         float | None, typer.Option(help="WeCom: hours between reminders to staff who have not sent")
     ] = None,
@@ -265,7 +279,7 @@ def campaign_create(
     """Create a draft campaign."""
     c = container()
     c.migrate()
-    content = _content(text, mpnews, template, field or [])
+    content = _content(channel, text, mpnews, template, field or [], url)
     try:
         camp = c.campaigns.create(
             name=name,

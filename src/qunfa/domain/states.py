@@ -88,7 +88,8 @@ BATCH_TRANSITIONS: dict[BatchState, frozenset[BatchState]] = {
     ),
     BatchState.RETRY: frozenset({BatchState.SENDING, BatchState.CANCELLED, BatchState.UNKNOWN}),
     BatchState.DEFERRED: frozenset({BatchState.SENDING, BatchState.CANCELLED}),
-    BatchState.ACCEPTED: frozenset({BatchState.DONE, BatchState.FAILED}),
+    # Cancelled: a task still waiting for people (WeCom staff, a personal-WeChat operator).
+    BatchState.ACCEPTED: frozenset({BatchState.DONE, BatchState.FAILED, BatchState.CANCELLED}),
     BatchState.DONE: frozenset(),
     BatchState.FAILED: frozenset(),
     BatchState.UNKNOWN: frozenset({BatchState.DONE, BatchState.FAILED}),  # operator settles

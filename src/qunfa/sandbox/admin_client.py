@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import quote
 
 
 class SandboxAdminError(RuntimeError):
@@ -52,7 +53,7 @@ class SandboxAdmin:
         return self._call("POST", path, body if body is not None else {})
 
     def ledger(self, channel: str, account: str | None = None) -> dict[str, Any]:
-        query = f"?channel={channel}" + (f"&account={account}" if account else "")
+        query = f"?channel={quote(channel)}" + (f"&account={quote(account)}" if account else "")
         result: dict[str, Any] = self._call("GET", f"/_sandbox/ledger{query}")
         return result
 

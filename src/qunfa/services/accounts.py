@@ -46,6 +46,7 @@ class SyncReport:
 class AccountService:
     def __init__(self, c: Container) -> None:
         self.c = c
+        self._configs: dict[tuple[int, str, bytes, str], AccountConfig] = {}
 
     def add(
         self,
@@ -128,7 +129,21 @@ class AccountService:
         return data
 
     def config(self, acc: Account, channel: str | None = None) -> AccountConfig:
+        """The account as adapters see it, cached per (account, channel, credentials, settings):
+        every batch needs it, and decrypting and rebuilding the rules each time adds up."""
         key = channel or acc.channel
+        cache_key = (
+            acc.id,
+            key,
+            acc.credentials_enc,
+            json.dumps(acc.settings or {}, sort_keys=True),
+        )
+        cached = self._configs.get(cache_key)
+        if cached is None:
+            cached = self._configs[cache_key] = self._build_config(acc, key)
+        return cached
+
+    def _build_config(self, acc: Account, key: str) -> AccountConfig:
         rules = load_rules(channel_class(key).rules_name)
         overrides = dict((acc.settings or {}).get("rules", {}))
         return AccountConfig(

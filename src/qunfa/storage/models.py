@@ -181,6 +181,7 @@ class Batch(Base):
     __table_args__ = (
         UniqueConstraint("campaign_id", "batch_no"),
         Index("ix_batches_due", "state", "next_attempt_at"),
+        Index("ix_batches_campaign_state", "campaign_id", "state"),
         Index("ix_batches_msg", "platform_msg_id"),
     )
 

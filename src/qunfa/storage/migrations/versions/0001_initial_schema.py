@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 22:17:50.249699
+Create Date: 2026-11-23 22:26:21.289248
 """
 
 from __future__ import annotations
@@ -192,6 +192,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("campaign_id", "batch_no", name=op.f("uq_batches_campaign_id")),
     )
     with op.batch_alter_table("batches", schema=None) as batch_op:
+        batch_op.create_index("ix_batches_campaign_state", ["campaign_id", "state"], unique=False)
         batch_op.create_index("ix_batches_due", ["state", "next_attempt_at"], unique=False)
         batch_op.create_index("ix_batches_msg", ["platform_msg_id"], unique=False)
 
@@ -251,6 +252,7 @@ def downgrade() -> None:
     with op.batch_alter_table("batches", schema=None) as batch_op:
         batch_op.drop_index("ix_batches_msg")
         batch_op.drop_index("ix_batches_due")
+        batch_op.drop_index("ix_batches_campaign_state")
 
     op.drop_table("batches")
     op.drop_table("tags")
