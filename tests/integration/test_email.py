@@ -240,3 +240,22 @@ async def _smtp_send(port: int, rcpt: str) -> None:
     msg.set_content("hello")
     await aiosmtplib.send(msg, hostname="127.0.0.1", port=port, username="u", password="p",
                           start_tls=False)  # fmt: skip
+
+
+def test_injected_smtp_faults_are_retryable_or_in_doubt(
+    admin: SandboxAdmin, container: Container
+) -> None:
+    """POST /_sandbox/faults applies to the SMTP twin: a 421 is retryable and sends nothing;
+    a message committed whose reply never comes in time leaves the batch in doubt."""
+    sender = make_account(admin, container, settings={"rules": {"smtp_timeout_seconds": 1}})
+    to = ["fault1@mail.example", "fault2@mail.example"]
+    admin.faults(platform="email", error_rate=1.0)
+    out = send(container, sender, to, key="qf-mail-fault")
+    assert not out.accepted and out.error is not None
+    assert out.error.klass is ErrorClass.RETRYABLE
+    assert stored(admin, to[0]) == []
+    admin.faults(platform="email", accept_then_timeout_rate=1.0, hang_seconds=3)
+    doubt = send(container, sender, to[:1], key="qf-mail-doubt")
+    admin.clear_faults()
+    assert not doubt.accepted and doubt.in_doubt
+    assert len(stored(admin, to[0])) == 1  # it did go out: the engine must not re-send it

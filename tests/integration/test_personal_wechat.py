@@ -427,9 +427,7 @@ def test_sandbox_person_is_throttled_and_the_campaign_stops(
     assert outcomes == ["sent", "throttled"]
     assert container.campaigns.get(cid).state == "paused"
     assert [b.state for b in batches(container, cid)] == ["done", "failed", "cancelled"]
-    assert (
-        admin.ledger("personal_wechat", "小王的微信")["messages"] == 50
-    )  # nothing recorded
+    assert admin.ledger("personal_wechat", "小王的微信")["messages"] == 50  # nothing recorded
     strangers = {"account": "小王的微信", "batch_key": "k", "remarks": ["陌生人"]}
     with pytest.raises(Exception, match="not friends"):
         admin.post("/_sandbox/personal_wechat/deliver", strangers)

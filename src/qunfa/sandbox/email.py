@@ -29,6 +29,7 @@ import email.policy
 import hashlib
 import json
 import logging
+import random
 import socket
 import sqlite3
 import warnings
@@ -42,6 +43,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from qunfa.rules import load as load_rules
 from qunfa.sandbox import ledger
+from qunfa.sandbox.faults import FaultConfig
 from qunfa.sandbox.sms_tencent import enqueue_push
 from qunfa.sandbox.state import STATE, State
 
@@ -132,7 +134,32 @@ class Handler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
+    def _fault(self) -> FaultConfig | None:
+        """The faults set with ``POST /_sandbox/faults`` apply to SMTP too (platform "email")."""
+        row = self.read.execute("SELECT value FROM meta WHERE key = 'faults'").fetchone()
+        if row is None:
+            return None
+        cfg = FaultConfig.from_json(json.loads(row[0]))
+        return cfg if cfg.platform in (None, TWIN) else None
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        fault = self._fault()
+        if fault is not None:
+            if fault.latency_ms:
+                await asyncio.sleep(fault.latency_ms / 1000)
+            if fault.error_rate and random.random() < fault.error_rate:
+                return "421 4.3.2 Service not available (injected fault), try again later"
+        hang = (
+            fault is not None
+            and bool(fault.accept_then_timeout_rate)
+            and (random.random() < fault.accept_then_timeout_rate)
+        )
+        reply = await self._accept(session, envelope)
+        if hang:  # committed, but the answer never comes in time: the client is in doubt
+            await asyncio.sleep(fault.hang_seconds)  # type: ignore[union-attr]
+        return reply
+
+    async def _accept(self, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content or b""
         raw_bytes = raw if isinstance(raw, bytes) else raw.encode()
         future = asyncio.run_coroutine_threadsafe(
