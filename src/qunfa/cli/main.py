@@ -30,6 +30,8 @@ app.add_typer(campaign_app, name="campaign")
 contacts_app = typer.Typer(help="Contacts and their recipient ids.", no_args_is_help=True)
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(personal_app, name="personal", help="Personal WeChat: prepared batches, marks.")
+rules_app = typer.Typer(help="Platform rules (limits as data, with sources).", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
 console = Console()
 err = Console(stderr=True)
 
@@ -201,6 +203,38 @@ def accounts_sync(account: Annotated[str, typer.Argument(help="account id or app
         f"{report.followers:,} followers ({report.new:,} new, {report.unsubscribed:,} unfollowed), "
         f"{report.tags} tags, {report.tagged:,} tag memberships in {report.seconds:.1f}s"
     )
+
+
+# -- rules ----------------------------------------------------------------------------------------
+@rules_app.command("show")
+def rules_show(
+    platform: Annotated[
+        str | None, typer.Argument(help="e.g. wechat_oa, wecom, sms_tencent")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print every platform limit with its value, source and effective date."""
+    from qunfa import rules
+
+    names = rules.platforms()
+    if platform is not None and platform not in names:
+        raise fail(f"no rules for {platform!r}; known: {', '.join(names)}")
+    chosen = [platform] if platform else names
+    data = {
+        name: {r.name: {"value": r.value, "unit": r.unit, "source": r.source,
+                        "effective": r.effective} for r in rules.load(name).rules.values()}
+        for name in chosen
+    }  # fmt: skip
+    if as_json:
+        console.print_json(json.dumps(data, ensure_ascii=False))
+        return
+    for name in chosen:
+        table = Table("rule", "value", "unit", "effective", "source", title=f"rules/{name}.toml")
+        for rule, r in data[name].items():
+            table.add_row(
+                rule, str(r["value"]), str(r["unit"]), str(r["effective"]), str(r["source"])
+            )
+        console.print(table)
 
 
 # -- contacts -------------------------------------------------------------------------------------

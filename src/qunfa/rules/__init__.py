@@ -59,3 +59,12 @@ def load(name: str) -> RuleSet:
         for key, r in data["rules"].items()
     }
     return RuleSet(data.get("platform", name), data.get("checked", ""), rules)
+
+
+def platforms() -> list[str]:
+    """Every rule file shipped with the package (``rules/<name>.toml``)."""
+    return sorted(
+        entry.name.removesuffix(".toml")
+        for entry in resources.files(__package__).iterdir()
+        if entry.name.endswith(".toml")
+    )
