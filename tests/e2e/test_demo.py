@@ -59,3 +59,33 @@ def test_demo_refuses_a_busy_port(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert f"port {port} is already in use" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_ctrl_c_stops_the_serving_demo(tmp_path: Path) -> None:
+    """The demo says "Ctrl-C to stop": the embedded worker must not swallow SIGINT."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [QUNFA, "demo", "--contacts", "300", "--port", str(port), "--data-dir",
+         str(tmp_path / "demo")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen, deadline = "", time.monotonic() + 120
+    while "console:" not in seen and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+    assert "console:" in seen, seen[-2000:]
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

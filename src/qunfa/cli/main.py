@@ -123,7 +123,7 @@ def worker_cmd(
 
     c = container()
     c.migrate()
-    Worker(c, threads=threads).run_forever()
+    Worker(c, threads=threads, standalone=True).run_forever()
 
 
 # -- accounts -------------------------------------------------------------------------------------

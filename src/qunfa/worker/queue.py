@@ -35,17 +35,25 @@ def make_huey(c: Container) -> Any:
 
 
 class EmbeddedConsumer(Consumer):  # type: ignore[misc]
-    """A consumer that can run in a background thread (no signal handlers there)."""
+    """A consumer that installs signal handlers only when it owns the process.
+
+    Embedded in ``qunfa serve`` or the demo, SIGINT/SIGTERM belong to the host (Ctrl-C must
+    stop the whole process); ``qunfa worker`` owns its process and lets Huey handle them.
+    """
+
+    def __init__(self, *args: Any, handle_signals: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handle_signals = handle_signals
 
     def _set_signal_handlers(self) -> None:
-        if threading.current_thread() is threading.main_thread():
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
             super()._set_signal_handlers()
 
 
 class Worker:
     """Huey workers plus the sweeper, startable in-process (serve, demo) or standalone."""
 
-    def __init__(self, c: Container, threads: int | None = None) -> None:
+    def __init__(self, c: Container, threads: int | None = None, standalone: bool = False) -> None:
         self.c = c
         self.consumer = EmbeddedConsumer(
             c.huey,
@@ -55,6 +63,7 @@ class Worker:
             initial_delay=0.05,
             max_delay=0.5,
             check_worker_health=True,
+            handle_signals=standalone,
         )
         self._stop = threading.Event()
         self._sweeper = threading.Thread(
