@@ -156,19 +156,24 @@ class DingTalk(Channel):
         Returns the body when errcode is 0; raises :class:`DingTalkApiError` (classified) for
         any other errcode and ``TransportError`` for transport failures.
         """
-        token = await self.ctx.tokens.get(self.account.id, self._fetch_token)
-        for attempt in (1, 2):
+        url = f"{self.root}/{path}"
+
+        async def request(token: str) -> dict[str, Any]:
             data: dict[str, Any] = await self.ctx.http.request_json(
-                "POST", f"{self.root}/{path}", params={"access_token": token}, body=body
+                "POST", url, params={"access_token": token}, body=body
             )
-            code = error_code(data)
-            if code in TOKEN_ERRORS and attempt == 1:
-                token = await self.ctx.tokens.refresh(self.account.id, token, self._fetch_token)
-                continue
-            if code != 0:
-                raise DingTalkApiError(self.classify(code, str(data.get("errmsg", ""))))
             return data
-        raise AssertionError("unreachable")
+
+        data = await self.ctx.tokens.call_with_token(
+            self.account.id,
+            self._fetch_token,
+            request,
+            lambda answer: error_code(answer) in TOKEN_ERRORS,
+        )
+        code = error_code(data)
+        if code != 0:
+            raise DingTalkApiError(self.classify(code, str(data.get("errmsg", ""))))
+        return data
 
     async def _throttle(self, recipients: int) -> None:
         """Stay under recipients/minute: one limiter slot per recipient of the call."""

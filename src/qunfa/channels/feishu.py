@@ -143,20 +143,25 @@ class Feishu(Channel):
         """Call ``/open-apis/<path>`` with the shared tenant token (re-fetched once on
         99991661/99991663); returns ``data`` when ``code`` is 0, else raises
         :class:`FeishuApiError`. HTTP 400 answers (im/v1, token errors) carry the same body."""
-        token = await self.ctx.tokens.get(self.account.id, self._fetch_token)
-        for attempt in (1, 2):
+        url = f"{self.root}/{path}"
+
+        async def request(token: str) -> dict[str, Any]:
             headers = {"Authorization": f"Bearer {token}"}
             data: dict[str, Any] = await self.ctx.http.request_json(
-                method, f"{self.root}/{path}", body=body, headers=headers
+                method, url, body=body, headers=headers
             )
-            code = int(data.get("code", -1))
-            if code in TOKEN_ERRORS and attempt == 1:
-                token = await self.ctx.tokens.refresh(self.account.id, token, self._fetch_token)
-                continue
-            if code != 0:
-                raise FeishuApiError(self.classify(code, str(data.get("msg", ""))))
-            return dict(data.get("data") or {})
-        raise AssertionError("unreachable")
+            return data
+
+        data = await self.ctx.tokens.call_with_token(
+            self.account.id,
+            self._fetch_token,
+            request,
+            lambda answer: int(answer.get("code", -1)) in TOKEN_ERRORS,
+        )
+        code = int(data.get("code", -1))
+        if code != 0:
+            raise FeishuApiError(self.classify(code, str(data.get("msg", ""))))
+        return dict(data.get("data") or {})
 
     async def _limit(self, api: str) -> None:
         """Both windows of the app's per-API limit: requests/s and requests/min."""

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 # Refresh this long before the platform's expiry, so a token never dies mid-batch.
 EARLY_REFRESH = 300.0
@@ -40,6 +40,7 @@ class TokenStore(Protocol):
 
 
 Fetch = Callable[[], Awaitable[tuple[str, float]]]  # → (token, expires_in seconds)
+T = TypeVar("T")
 
 
 class TokenService:
@@ -63,6 +64,26 @@ class TokenService:
         if cached is not None and self._fresh(cached):
             return cached.token
         return await self._refresh(account_id, fetch, stale=None)
+
+    async def call_with_token(
+        self,
+        account_id: int,
+        fetch: Fetch,
+        request: Callable[[str], Awaitable[T]],
+        stale: Callable[[T], bool],
+    ) -> T:
+        """Run ``request(token)`` with the shared token; if the platform says the token is
+        stale (``stale(answer)``: 40001/42001, Feishu 99991663 …), refresh it once and retry.
+
+        Every channel's API client goes through here, so "re-fetch once on a token error" is
+        one mechanism, not one loop per platform.
+        """
+        token = await self.get(account_id, fetch)
+        answer = await request(token)
+        if stale(answer):
+            token = await self.refresh(account_id, token, fetch)
+            answer = await request(token)
+        return answer
 
     async def refresh(self, account_id: int, stale: str, fetch: Fetch) -> str:
         """The platform rejected ``stale``; get a new one unless someone already did."""

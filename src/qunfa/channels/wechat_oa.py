@@ -134,18 +134,21 @@ class WechatApi:
         Returns the decoded body (errcode 0 or a code the caller handles itself, such as 45065);
         raises :class:`WechatApiError` for other errcodes and ``TransportError`` for transport.
         """
-        token = await self.ctx.tokens.get(self.account.id, self._fetch_token)
-        for attempt in (1, 2):
+        url = f"{self.root}/{path}"
+
+        async def request(token: str) -> dict[str, Any]:
             query = {"access_token": token, **(params or {})}
             data: dict[str, Any] = await self.ctx.http.request_json(
-                method, f"{self.root}/{path}", params=query, body=body
+                method, url, params=query, body=body
             )
-            code = int(data.get("errcode", 0))
-            if code in TOKEN_ERRORS and attempt == 1:
-                token = await self.ctx.tokens.refresh(self.account.id, token, self._fetch_token)
-                continue
             return data
-        raise AssertionError("unreachable")
+
+        return await self.ctx.tokens.call_with_token(
+            self.account.id,
+            self._fetch_token,
+            request,
+            lambda data: int(data.get("errcode", 0)) in TOKEN_ERRORS,
+        )
 
     async def call_ok(
         self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
