@@ -36,8 +36,13 @@ class PhoneError(ValueError):
     """A number that is not a mainland-China mobile number; the message says why."""
 
 
+_CANONICAL = re.compile(r"\+861[3-9]\d{9}")
+
+
 def normalize_cn_phone(raw: str) -> str:
     """``raw`` as E.164 (``+86`` + 11 digits), or :class:`PhoneError` saying what is wrong."""
+    if _CANONICAL.fullmatch(raw):  # already canonical: the common case on re-import and send
+        return raw
     text = unicodedata.normalize("NFKC", str(raw)).strip()
     if not text:
         raise PhoneError("phone number is empty")

@@ -21,7 +21,8 @@ from qunfa.channels.http import HttpClient
 from qunfa.channels.registry import account_channel, channel_class
 from qunfa.channels.wechat_oa import WechatOA
 from qunfa.rules import load as load_rules
-from qunfa.storage.models import Account, Contact, Identity, IdentityTag, Tag
+from qunfa.storage.bulk import insert_rows, insert_rows_returning_ids
+from qunfa.storage.models import Account, Identity, IdentityTag, Tag
 
 if TYPE_CHECKING:
     from qunfa.bootstrap import Container
@@ -178,8 +179,9 @@ class AccountService:
         async with HttpClient(self.c.settings.http_timeout) as http:
             oa = self.adapter(acc, http)
             assert isinstance(oa, WechatOA)
+            known = self.has_identities(acc.id, "openid")
             async for page in oa.followers():
-                report["new"] += self._upsert_followers(acc.id, page, started)
+                report["new"] += self._upsert_followers(acc.id, page, started, known)
                 report["followers"] += len(page)
                 if progress:
                     progress("followers", report["followers"], None)
@@ -211,9 +213,10 @@ class AccountService:
         async with HttpClient(self.c.settings.http_timeout) as http:
             adapter: Any = self.adapter(acc, http)
             staff = list(await adapter.follow_users())
+            known = self.has_identities(acc.id, "external_userid")
             async for page in adapter.customers(staff):
                 ids = [str(item["external_userid"]) for item in page]
-                new += self.upsert_identities(acc.id, "external_userid", ids, started)
+                new += self.upsert_identities(acc.id, "external_userid", ids, started, known)
                 total += len(ids)
                 if progress:
                     progress("customers", total, None)
@@ -236,10 +239,22 @@ class AccountService:
             )
             return {bytes(bi): int(iid) for bi, iid in rows}
 
-    def _upsert_followers(self, account_id: int, openids: list[str], now: float) -> int:
-        return self.upsert_identities(account_id, "openid", openids, now)
+    def _upsert_followers(
+        self, account_id: int, openids: list[str], now: float, known: bool = True
+    ) -> int:
+        return self.upsert_identities(account_id, "openid", openids, now, known)
 
-    def upsert_identities(self, account_id: int, kind: str, values: list[str], now: float) -> int:
+    def has_identities(self, account_id: int, kind: str) -> bool:
+        with self.c.engine.connect() as conn:
+            t = cast(Table, Identity.__table__)
+            found = conn.execute(
+                select(t.c.id).where(t.c.account_id == account_id, t.c.kind == kind).limit(1)
+            ).first()
+            return found is not None
+
+    def upsert_identities(
+        self, account_id: int, kind: str, values: list[str], now: float, known: bool = True
+    ) -> int:
         """Upsert one page of ids of ``kind`` set-based: one lookup, two bulk inserts, one update.
 
         New ids get a new contact each (merging identities into one person is the audience
@@ -251,9 +266,10 @@ class AccountService:
         ring = self.c.keyring
         values = list(dict.fromkeys(values))
         blinds = [ring.blind(v) for v in values]
-        existing = self._identity_ids(account_id, blinds, kind)
+        # known=False (a first sync or import: none of this kind yet) skips the lookup.
+        existing = self._identity_ids(account_id, blinds, kind) if known else {}
         fresh = [(o, bi) for o, bi in zip(values, blinds, strict=True) if bi not in existing]
-        ids, contacts = cast(Table, Identity.__table__), cast(Table, Contact.__table__)
+        ids = cast(Table, Identity.__table__)
         with self.c.engine.begin() as conn:
             if existing:
                 conn.execute(
@@ -262,30 +278,23 @@ class AccountService:
                     .values(subscribed=True, updated_at=now)
                 )
             if fresh:
-                contact_ids = (
-                    conn.execute(
-                        insert(contacts).returning(contacts.c.id, sort_by_parameter_order=True),
-                        [{"created_at": now, "updated_at": now}] * len(fresh),
-                    )
-                    .scalars()
-                    .all()
+                # Recipient-scale insert: the DBAPI's executemany / COPY (storage/bulk.py).
+                contact_ids = insert_rows_returning_ids(
+                    conn, "contacts", ("created_at", "updated_at"), [(now, now)] * len(fresh)
                 )
-                conn.execute(
-                    insert(ids),
+                insert_rows(
+                    conn,
+                    "identities",
+                    ("contact_id", "account_id", "kind", "value_enc", "value_bi", "subscribed",
+                     "subscribed_at", "updated_at"),
                     [
-                        {
-                            "contact_id": cid,
-                            "account_id": account_id,
-                            "kind": kind,
-                            "value_enc": ring.encrypt(o),
-                            "value_bi": bi,
-                            "subscribed": True,
-                            "subscribed_at": now,
-                            "updated_at": now,
-                        }
-                        for cid, (o, bi) in zip(contact_ids, fresh, strict=True)
+                        (cid, account_id, kind, enc, bi, True, now, now)
+                        for cid, enc, (_, bi) in zip(
+                            contact_ids, ring.encrypt_many([o for o, _ in fresh]), fresh,
+                            strict=True,
+                        )
                     ],
-                )
+                )  # fmt: skip
         return len(fresh)
 
     def _mark_unsubscribed(self, account_id: int, sync_started: float, kind: str = "openid") -> int:

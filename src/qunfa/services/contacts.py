@@ -79,28 +79,31 @@ class ContactService:
             path.open(newline="", encoding="utf-8-sig") as fh,
             errors_path.open("w", newline="", encoding="utf-8") as err_fh,
         ):
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames:
+            reader = csv.reader(fh)  # plain rows: DictReader costs ~5 µs a row in dicts
+            header = next(reader, None)
+            if not header:
                 raise ImportError_(f"{path} is empty: the first line must name the columns")
-            col = column or (kind if kind in reader.fieldnames else reader.fieldnames[0])
-            if col not in reader.fieldnames:
+            col = column or (kind if kind in header else header[0])
+            if col not in header:
                 raise ImportError_(
-                    f"{path} has no column {col!r}; its columns are {', '.join(reader.fieldnames)}"
+                    f"{path} has no column {col!r}; its columns are {', '.join(header)}"
                 )
+            index = header.index(col)
+            known = self.c.accounts.has_identities(acc.id, kind)
             errors = csv.writer(err_fh)
             errors.writerow(["row", "column", "value", "reason"])
             for page in _pages(reader):
                 valid: list[str] = []
                 for number, row in page:
                     rows += 1
-                    raw = row.get(col) or ""
+                    raw = row[index] if index < len(row) else ""
                     try:
                         valid.append(normalise(kind, raw))
                     except (ValueError, PhoneError) as exc:
                         rejected += 1
                         errors.writerow([number, col, raw, str(exc)])
                 if valid:
-                    new += self.c.accounts.upsert_identities(acc.id, kind, valid, started)
+                    new += self.c.accounts.upsert_identities(acc.id, kind, valid, started, known)
                     imported += len(valid)
                 if progress:
                     progress("importing", rows, None)
@@ -112,8 +115,8 @@ class ContactService:
         )  # fmt: skip
 
 
-def _pages(reader: csv.DictReader[str]) -> Iterator[list[tuple[int, dict[str, str]]]]:
-    page: list[tuple[int, dict[str, str]]] = []
+def _pages(reader: Iterator[list[str]]) -> Iterator[list[tuple[int, list[str]]]]:
+    page: list[tuple[int, list[str]]] = []
     for number, row in enumerate(reader, start=2):  # row 1 is the header
         page.append((number, row))
         if len(page) == PAGE:
