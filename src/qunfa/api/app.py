@@ -27,6 +27,7 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(callbacks_wecom.router)
     app.include_router(callbacks_receipts.router)
     app.include_router(campaigns.router)
+    app.include_router(campaigns.check_router)
     app.include_router(accounts.router)
     app.include_router(personal_wechat.router)
     app.include_router(pages.router)

@@ -205,6 +205,36 @@ def accounts_sync(account: Annotated[str, typer.Argument(help="account id or app
     )
 
 
+# -- compliance -----------------------------------------------------------------------------------
+@app.command()
+def check(
+    text: Annotated[str | None, typer.Argument(help="the message (or --file)")] = None,
+    channel: Annotated[str, typer.Option(help="channel whose policy applies")] = "wechat_oa",
+    file: Annotated[Path | None, typer.Option(help="read the message from a file")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check a message before sending: rule, where, matched text and how to fix it.
+
+    Exits 1 when the channel's verdict is block or review, so scripts can gate on it.
+    """
+    from qunfa.compliance import default_checker, render
+
+    if file is not None:
+        text = file.read_text(encoding="utf-8")
+    if not text:
+        raise fail("give the message as an argument or with --file")
+    try:
+        report = default_checker().check(text, channel)
+    except (KeyError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        print(report.to_json())
+    else:
+        console.print(render(report, text))
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 # -- rules ----------------------------------------------------------------------------------------
 @rules_app.command("show")
 def rules_show(

@@ -21,7 +21,7 @@ from qunfa.channels.http import HttpClient
 from qunfa.channels.registry import account_channel, channel_class
 from qunfa.channels.wechat_oa import WechatOA
 from qunfa.rules import load as load_rules
-from qunfa.storage.bulk import insert_rows, insert_rows_returning_ids
+from qunfa.storage.bulk import bulk_cache, insert_rows, insert_rows_returning_ids
 from qunfa.storage.models import Account, Identity, IdentityTag, Tag
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ class AccountService:
         existing = self._identity_ids(account_id, blinds, kind) if known else {}
         fresh = [(o, bi) for o, bi in zip(values, blinds, strict=True) if bi not in existing]
         ids = cast(Table, Identity.__table__)
-        with self.c.engine.begin() as conn:
+        with self.c.engine.begin() as conn, bulk_cache(conn):
             if existing:
                 conn.execute(
                     update(ids)

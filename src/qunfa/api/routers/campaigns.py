@@ -101,3 +101,25 @@ def cancel_campaign(campaign_id: int, c: ContainerDep) -> dict[str, Any]:
         raise HTTPException(409, str(exc)) from None
     result: dict[str, Any] = c.campaigns.status(campaign_id)
     return result
+
+
+check_router = APIRouter(prefix="/api/check", tags=["compliance"])
+
+
+class CheckRequest(BaseModel):
+    text: str = Field(min_length=1, examples=["全网最低价！转发到朋友圈领红包"])
+    channel: str = Field(default="wechat_oa")
+
+
+@check_router.post("")
+def check_text(body: CheckRequest) -> dict[str, Any]:
+    """The compliance report: findings with rule, category, severity, the matched text and its
+    position in the original text, a suggestion, and a verdict per channel."""
+    from qunfa.compliance import default_checker
+
+    try:
+        report = default_checker().check(body.text, body.channel)
+    except (KeyError, ValueError) as exc:
+        raise HTTPException(422, str(exc)) from None
+    result: dict[str, Any] = report.to_dict()
+    return result

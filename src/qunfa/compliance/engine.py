@@ -1,0 +1,134 @@
+"""The public entry: a :class:`Checker` built once from lexicons and a policy, then ``check``.
+
+Hot path (every message): :func:`normalize_text` (regex deletion of separators, ``str.translate``
+only if a character needs mapping), one automaton call, and a ``'.' in text`` test for links.
+Only a message with a hit or a dot pays for the offset map, link extraction and findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from .lexicon import SEVERITIES, Lexicon, builtin
+from .links import SUGGESTIONS, LinkPolicy, extract
+from .matcher import Matcher
+from .normalize import normalize, normalize_text, warm_up
+from .report import Finding, Policy, Report, Verdict
+
+_LINK_SEVERITY = {
+    "link_ip": "high",
+    "link_unfiled": "high",
+    "link_shortener": "medium",
+    "link_domain": "low",
+}
+_CUSTOM_SUGGESTION = "删除或改写该词（工作区自定义词库）"
+
+
+class Checker:
+    """Compliance checker: immutable once built, safe to share between threads."""
+
+    def __init__(
+        self,
+        lexicons: Sequence[Lexicon] | None = None,
+        *,
+        custom: Iterable[Lexicon] = (),
+        policy: Policy | None = None,
+        links: LinkPolicy | None = None,
+    ) -> None:
+        warm_up()
+        self.lexicons: tuple[Lexicon, ...] = (
+            *(builtin() if lexicons is None else lexicons),
+            *custom,
+        )
+        self.policy = policy or Policy.builtin()
+        self.links = links or LinkPolicy()
+        self.matcher = Matcher(self.lexicons)
+        self._suggestion = {lex.name: lex.suggestion for lex in self.lexicons if lex.suggestion}
+        self._clean_verdicts: dict[str, Verdict] = dict.fromkeys(self.policy.channels, "pass")
+        self._find = self.matcher.find_raw
+
+    def check(self, text: str, channel: str) -> Report:
+        """Every finding in ``text`` and the verdict on ``channel`` (and on every channel)."""
+        raw = self._find(normalize_text(text))
+        if not raw and "." not in text and "．" not in text:
+            if channel not in self._clean_verdicts:
+                self.policy.check_channel(channel)
+            return Report(text, channel, (), "pass", self._clean_verdicts)
+        return self._full(text, channel, raw)
+
+    def check_many(self, texts: Iterable[str], channel: str) -> list[Report]:
+        """:meth:`check` for many messages (one loop, locals bound once)."""
+        self.policy.check_channel(channel)
+        find, norm, full, clean = self._find, normalize_text, self._full, self._clean_verdicts
+        out: list[Report] = []
+        append = out.append
+        for text in texts:
+            raw = find(norm(text))
+            if not raw and "." not in text and "．" not in text:
+                append(Report(text, channel, (), "pass", clean))
+            else:
+                append(full(text, channel, raw))
+        return out
+
+    def _full(self, text: str, channel: str, raw: list[tuple[int, int, int]]) -> Report:
+        policy = self.policy
+        findings: list[Finding] = []
+        if raw:
+            for m in self.matcher.resolve(text, raw, normalize(text) if raw else None):
+                e = m.entry
+                findings.append(
+                    Finding(
+                        rule_id=f"{e.category}:{e.term}",
+                        category=e.category,
+                        severity=e.severity,
+                        action=policy.action(channel, e.category),
+                        text=text[m.start : m.end],
+                        start=m.start,
+                        end=m.end,
+                        entry=e.term,
+                        matched_as=m.kind,
+                        suggestion=self._suggestion.get(e.lexicon)
+                        or self._suggestion.get(e.category, _CUSTOM_SUGGESTION),
+                        lexicon=e.lexicon,
+                    )
+                )
+        for link in extract(text):
+            for issue in self.links.issues(link):
+                findings.append(
+                    Finding(
+                        rule_id=f"{issue.kind}:{link.host}",
+                        category=issue.kind,
+                        severity=_LINK_SEVERITY[issue.kind],
+                        action=policy.action(channel, issue.kind),
+                        text=text[link.start : link.end],
+                        start=link.start,
+                        end=link.end,
+                        entry=link.url,
+                        matched_as="link",
+                        suggestion=SUGGESTIONS[issue.kind],
+                        detail=issue.detail,
+                    )
+                )
+        if not findings:
+            policy.check_channel(channel)
+            return Report(text, channel, (), "pass", self._clean_verdicts)
+        findings.sort(key=lambda f: (f.start, -SEVERITIES.index(f.severity)))
+        cats = {f.category for f in findings}
+        verdicts = {ch: policy.verdict(ch, cats) for ch in policy.channels}
+        return Report(text, channel, tuple(findings), verdicts[channel], verdicts)
+
+
+_default: Checker | None = None
+
+
+def default_checker() -> Checker:
+    """A process-wide checker over the built-in lexicons and policy (built on first use)."""
+    global _default
+    if _default is None:
+        _default = Checker()
+    return _default
+
+
+def check(text: str, channel: str) -> Report:
+    """``default_checker().check(text, channel)``."""
+    return default_checker().check(text, channel)

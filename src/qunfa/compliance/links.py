@@ -1,0 +1,182 @@
+"""Links in a message: extraction, allow-list / shortener / raw-IP / filing (备案) checks, and the
+rewrite to signed tracked short links with UTM parameters.
+
+Extraction works on the original text (full-width ASCII folded one-to-one first, so
+``ｅｘａｍｐｌｅ．ｃｏｍ`` is found and offsets stay exact). It finds ``http(s)://`` URLs, bare
+domains with a known top-level domain (``example.com/path``, ``shop.example.cn``) and raw IPv4
+addresses, with Chinese text directly around them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+SHORTENERS = frozenset(
+    {
+        "t.cn", "dwz.cn", "url.cn", "suo.im", "suo.nz", "bit.ly", "tinyurl.com", "goo.gl", "t.co",
+        "ow.ly", "is.gd", "buff.ly", "rebrand.ly", "cutt.ly", "s.id", "w.url.cn", "sohu.gg",
+        "tb.cn", "m.tb.cn", "dwz.date", "u.nu", "v.gd", "0x3.me", "lnkd.in", "reurl.cc",
+        "kuaizhan.com",
+    }
+)  # fmt: skip
+DEFAULT_ALLOW = frozenset({"weixin.qq.com", "mp.weixin.qq.com", "work.weixin.qq.com", "qq.com"})
+_TLDS = (
+    "com|cn|net|org|info|biz|io|co|me|cc|tv|top|xyz|vip|shop|site|online|club|link|app|dev|ai|ly|gl|"
+    "im|in|hk|tw|mo|jp|kr|uk|us|de|fr|ru|sg|gov|edu|mobi|pro|ink|fun|work|ltd|wang|store|tech|"
+    "date|red|ren|pub|live|art|asia|group|cloud|show|space|website|life|world|nu|gd|id|example"
+)
+_URL_CHARS = r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]"
+_URL_RE = re.compile(
+    r"(?<![A-Za-z0-9@.\-_])(?:"
+    r"(?P<scheme>https?://)" + _URL_CHARS + r"+"
+    r"|(?P<ip>(?:\d{1,3}\.){3}\d{1,3})(?::\d{1,5})?(?:[/?#]" + _URL_CHARS + r"*)?"
+    r"|(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+(?:" + _TLDS + r")(?![A-Za-z0-9\-])"
+    r"(?::\d{1,5})?(?:[/?#]" + _URL_CHARS + r"*)?"
+    r")",
+    re.IGNORECASE,
+)
+_FULLWIDTH = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}
+_TRAILING = ".,;:!?)'](*"
+
+IssueKind = Literal["link_domain", "link_shortener", "link_ip", "link_unfiled"]
+SUGGESTIONS: dict[str, str] = {
+    "link_domain": "改用白名单内的域名（如公众号文章、已备案的自有域名）",
+    "link_shortener": "不要使用第三方短链，改用 qunfa 的可追踪短链或原始白名单链接",
+    "link_ip": "不要直接使用 IP 地址，改用已备案的域名",
+    "link_unfiled": "该域名未备案：改用已完成 ICP 备案的域名",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    url: str  # as written (after full-width folding)
+    start: int  # span in the original text
+    end: int
+    host: str  # lower-case, without port
+    is_ip: bool
+
+    @property
+    def absolute(self) -> str:
+        """The URL with a scheme (``https://`` added to bare domains and IPs)."""
+        return self.url if re.match(r"https?://", self.url, re.I) else "https://" + self.url
+
+
+@dataclass(frozen=True, slots=True)
+class LinkIssue:
+    link: Link
+    kind: IssueKind
+    detail: str
+
+
+@dataclass(frozen=True)
+class LinkPolicy:
+    """Allowed domains (a domain allows its subdomains), shorteners, and the filing (备案) status
+    of known domains (``False`` → flagged; domains absent from the mapping are not judged)."""
+
+    allow: frozenset[str] = DEFAULT_ALLOW
+    filed: Mapping[str, bool] = field(default_factory=dict)
+    shorteners: frozenset[str] = SHORTENERS
+
+    @staticmethod
+    def _covered(host: str, domains: Iterable[str]) -> bool:
+        return any(host == d or host.endswith("." + d) for d in domains)
+
+    def issues(self, link: Link) -> list[LinkIssue]:
+        host = link.host
+        if link.is_ip:
+            return [LinkIssue(link, "link_ip", f"raw IP address {host}")]
+        out: list[LinkIssue] = []
+        if host in self.shorteners:
+            out.append(LinkIssue(link, "link_shortener", f"third-party shortener {host}"))
+        elif not self._covered(host, self.allow):
+            out.append(LinkIssue(link, "link_domain", f"{host} is not on the allow-list"))
+        filed = next((v for d, v in self.filed.items() if self._covered(host, (d,))), None)
+        if filed is False:
+            out.append(LinkIssue(link, "link_unfiled", f"{host} has no ICP filing (备案)"))
+        return out
+
+
+def extract(text: str) -> list[Link]:
+    """Every URL, bare domain and raw IP in ``text``, in order, with spans in ``text``."""
+    folded = text.translate(_FULLWIDTH)
+    out: list[Link] = []
+    for m in _URL_RE.finditer(folded):
+        url = m.group(0)
+        while url and url[-1] in _TRAILING and not (url[-1] == ")" and "(" in url):
+            url = url[:-1]
+        start = m.start()
+        is_ip = m.group("ip") is not None
+        host = urlsplit(url if m.group("scheme") else "//" + url).hostname or ""
+        if m.group("scheme") and not is_ip:
+            try:
+                ipaddress.ip_address(host)
+                is_ip = True
+            except ValueError:
+                pass
+        if not host:
+            continue
+        out.append(Link(url, start, start + len(url), host.lower(), is_ip))
+    return out
+
+
+def sign(secret: bytes, campaign: str, url: str) -> str:
+    """The short-link token: HMAC-SHA256 of (campaign, url), base64url, 16 characters."""
+    mac = hmac.new(secret, campaign.encode() + b"\x00" + url.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode()[:16]
+
+
+def verify(token: str, secret: bytes, campaign: str, url: str) -> bool:
+    return hmac.compare_digest(token, sign(secret, campaign, url))
+
+
+def add_utm(url: str, *, channel: str, campaign: str) -> str:
+    """``url`` with utm_source=qunfa, utm_medium=<channel>, utm_campaign=<campaign> (replacing
+    any existing UTM values, keeping the other parameters and the fragment)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _UTM]
+    query += [("utm_source", "qunfa"), ("utm_medium", channel), ("utm_campaign", campaign)]
+    return urlunsplit(parts._replace(path=parts.path or "/", query=urlencode(query)))
+
+
+_UTM = frozenset({"utm_source", "utm_medium", "utm_campaign"})
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedLink:
+    original: str  # as written in the message
+    target: str  # absolute URL with UTM parameters: where the short link redirects
+    token: str  # sign(secret, campaign, target)
+    short_url: str  # base + token: what the message now carries
+    start: int  # span of the original link in the original text
+    end: int
+
+
+def rewrite(
+    text: str,
+    *,
+    base: str,
+    secret: bytes,
+    campaign: str,
+    channel: str = "wechat_oa",
+) -> tuple[str, list[TrackedLink]]:
+    """Replace every link with ``base + token``; the token signs (campaign, target)."""
+    pieces: list[str] = []
+    tracked: list[TrackedLink] = []
+    pos = 0
+    for link in extract(text):
+        target = add_utm(link.absolute, channel=channel, campaign=campaign)
+        token = sign(secret, campaign, target)
+        short = base + token
+        tracked.append(TrackedLink(link.url, target, token, short, link.start, link.end))
+        pieces += [text[pos : link.start], short]
+        pos = link.end
+    pieces.append(text[pos:])
+    return "".join(pieces), tracked
