@@ -22,12 +22,12 @@ from qunfa.channels.base import (
     OutboundBatch,
     Settlement,
 )
+from qunfa.channels.errcode_api import ApiCallError, ErrcodeApi
 from qunfa.channels.http import TransportError
 from qunfa.domain.outcomes import BatchOutcome, ErrorClass, PlatformError
 from qunfa.rules import RuleSet
 
 CHINA = ZoneInfo("Asia/Shanghai")
-TOKEN_ERRORS = frozenset({40001, 40014, 42001})  # re-fetch the token once, then retry
 
 E = ErrorClass
 # Every errcode the mass and user APIs can return, and what the engine should do about it.
@@ -67,10 +67,8 @@ WECHAT_ERRORS: Mapping[int | str, ErrorClass] = {
 RETRY_AFTER = {45009: 60.0, 45011: 60.0, 45066: 60.0}
 
 
-class WechatApiError(Exception):
-    def __init__(self, error: PlatformError) -> None:
-        super().__init__(error.describe())
-        self.error = error
+class WechatApiError(ApiCallError):
+    """An Official Account call answered an errcode the caller did not handle."""
 
 
 def seconds_until(when: datetime, now: datetime) -> float:
@@ -88,16 +86,10 @@ def next_china_month(now: datetime) -> datetime:
     return (first + timedelta(days=32)).replace(day=1)
 
 
-class WechatApi:
+class WechatApi(ErrcodeApi):
     """Official Account HTTP API with token handling; shared by wechat_oa and wechat_template."""
 
-    def __init__(
-        self, account: AccountConfig, ctx: ChannelContext, errors: Mapping[int | str, ErrorClass]
-    ) -> None:
-        self.account = account
-        self.ctx = ctx
-        self.errors = errors
-        self.root = account.base_url.rstrip("/") + "/cgi-bin"
+    api_error = WechatApiError
 
     def classify(self, code: int, message: str) -> PlatformError:
         klass = self.errors.get(code, ErrorClass.BATCH)
@@ -125,39 +117,6 @@ class WechatApi:
                 self.classify(int(data.get("errcode", -1)), data.get("errmsg", ""))
             )
         return str(data["access_token"]), float(data.get("expires_in", 7200))
-
-    async def call(
-        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        """Call ``path`` with the shared token; re-fetch it once on 40001/40014/42001.
-
-        Returns the decoded body (errcode 0 or a code the caller handles itself, such as 45065);
-        raises :class:`WechatApiError` for other errcodes and ``TransportError`` for transport.
-        """
-        url = f"{self.root}/{path}"
-
-        async def request(token: str) -> dict[str, Any]:
-            query = {"access_token": token, **(params or {})}
-            data: dict[str, Any] = await self.ctx.http.request_json(
-                method, url, params=query, body=body
-            )
-            return data
-
-        return await self.ctx.tokens.call_with_token(
-            self.account.id,
-            self._fetch_token,
-            request,
-            lambda data: int(data.get("errcode", 0)) in TOKEN_ERRORS,
-        )
-
-    async def call_ok(
-        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        data = await self.call(method, path, body, params)
-        code = int(data.get("errcode", 0))
-        if code != 0:
-            raise WechatApiError(self.classify(code, str(data.get("errmsg", ""))))
-        return data
 
     async def mass_limit(self) -> None:
         limit = self.account.rules["mass_calls_per_minute"]

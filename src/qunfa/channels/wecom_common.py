@@ -16,10 +16,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from qunfa.channels.base import AccountConfig, ChannelContext
+from qunfa.channels.errcode_api import ApiCallError, ErrcodeApi
 from qunfa.domain.outcomes import ErrorClass, PlatformError
 
 CHINA = ZoneInfo("Asia/Shanghai")
-TOKEN_ERRORS = frozenset({40001, 40014, 42001})  # re-fetch the token once, then retry
 
 E = ErrorClass
 # The errcodes every WeCom API can answer, and what the engine should do about them. Channel
@@ -49,12 +49,8 @@ WECOM_ERRORS: Mapping[int | str, ErrorClass] = {
 RETRY_AFTER: Mapping[int, float] = {45009: 60.0, 45033: 1.0}
 
 
-class WecomApiError(Exception):
+class WecomApiError(ApiCallError):
     """A WeCom call answered a non-zero errcode the caller did not handle itself."""
-
-    def __init__(self, error: PlatformError) -> None:
-        super().__init__(error.describe())
-        self.error = error
 
 
 def seconds_to_china_midnight(now: datetime | None = None) -> float:
@@ -64,8 +60,10 @@ def seconds_to_china_midnight(now: datetime | None = None) -> float:
     return max(1.0, (nxt - local).total_seconds())
 
 
-class WecomApi:
+class WecomApi(ErrcodeApi):
     """One WeCom secret's API: token handling, calls, error classification."""
+
+    api_error = WecomApiError
 
     def __init__(
         self,
@@ -73,10 +71,7 @@ class WecomApi:
         ctx: ChannelContext,
         errors: Mapping[int | str, ErrorClass],
     ) -> None:
-        self.account = account
-        self.ctx = ctx
-        self.errors = errors
-        self.root = account.base_url.rstrip("/") + "/cgi-bin"
+        super().__init__(account, ctx, errors)
         creds = account.credentials
         # The corpid is a credential field; a wecom_customer account's app_id is the corpid too.
         self.corpid = str(creds.get("corpid") or account.app_id.split(":", 1)[0])
@@ -97,40 +92,6 @@ class WecomApi:
                 raise WecomApiError(error)
             raise WecomApiError(PlatformError(code, error.message, ErrorClass.ACCOUNT))
         return str(data["access_token"]), float(data.get("expires_in", 7200))
-
-    async def call(
-        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        """Call ``path`` with the shared token; re-fetch it once on 40001/40014/42001.
-
-        Returns the decoded body (errcode 0, or a code the caller handles itself); raises
-        :class:`WecomApiError` when the token cannot be had and ``TransportError`` for transport.
-        """
-        url = f"{self.root}/{path}"
-
-        async def request(token: str) -> dict[str, Any]:
-            query = {"access_token": token, **(params or {})}
-            data: dict[str, Any] = await self.ctx.http.request_json(
-                method, url, params=query, body=body
-            )
-            return data
-
-        return await self.ctx.tokens.call_with_token(
-            self.account.id,
-            self._fetch_token,
-            request,
-            lambda data: int(data.get("errcode", 0)) in TOKEN_ERRORS,
-        )
-
-    async def call_ok(
-        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        """:meth:`call`, raising :class:`WecomApiError` for any non-zero errcode."""
-        data = await self.call(method, path, body, params)
-        code = int(data.get("errcode", 0))
-        if code != 0:
-            raise WecomApiError(self.classify(code, str(data.get("errmsg", ""))))
-        return data
 
     async def api_limit(self, api: str) -> None:
         """Stay under the platform's per-corp per-API call rate (45009 otherwise)."""

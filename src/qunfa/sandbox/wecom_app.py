@@ -20,7 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from qunfa.sandbox.wecom_common import PREFIX, ApiError, Call, Corp, count_call, endpoint
+from qunfa.sandbox.wechat_accounts import ApiError
+from qunfa.sandbox.wecom_common import PREFIX, Call, Corp, count_call, endpoint
 
 TWIN = "wecom"
 CHANNEL = "wecom_app"

@@ -28,7 +28,9 @@ from aiohttp import web
 from qunfa import rules
 from qunfa.sandbox import callbacks
 from qunfa.sandbox.state import STATE, State
-from qunfa.sandbox.wechat_accounts import event_xml
+
+# WeCom speaks the same errcode protocol as the Official Account twin: share its error type.
+from qunfa.sandbox.wechat_accounts import ApiError, event_xml, reply
 
 TWIN = "wecom"  # url prefix; discovered by qunfa.sandbox.twins
 PREFIX = "/wecom/cgi-bin"
@@ -70,18 +72,6 @@ CREATE INDEX IF NOT EXISTS wc_calls_api ON wc_calls(corpid, api, ts);
 CAP_RULES = ("days_in_month", "7_per_week", "1_per_day")
 DEFAULT_TAGS = {"客户等级": {"重要客户": 0.2, "普通客户": 0.5}}
 TWO_YEARS = 2 * 365 * 86400
-
-
-class ApiError(Exception):
-    """A platform error answer: ``{"errcode": code, "errmsg": msg, **extra}`` with HTTP 200."""
-
-    def __init__(self, code: int, msg: str, **extra: Any) -> None:
-        super().__init__(f"{code} {msg}")
-        self.code, self.msg, self.extra = code, msg, extra
-
-
-def reply(body: dict[str, Any]) -> web.Response:
-    return web.Response(text=json.dumps(body, ensure_ascii=False), content_type="application/json")
 
 
 def error_body(code: int, msg: str, **extra: Any) -> dict[str, Any]:

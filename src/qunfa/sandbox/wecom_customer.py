@@ -22,7 +22,8 @@ from aiohttp import web
 
 from qunfa.sandbox import ledger
 from qunfa.sandbox.state import SHANGHAI, State
-from qunfa.sandbox.wecom_common import PREFIX, ApiError, Call, Corp, count_call, endpoint, load_corp
+from qunfa.sandbox.wechat_accounts import ApiError
+from qunfa.sandbox.wecom_common import PREFIX, Call, Corp, count_call, endpoint, load_corp
 
 TWIN = "wecom"
 CHANNEL = "wecom_customer"
