@@ -78,6 +78,12 @@ class Container:
         return CampaignService(self)
 
     @cached_property
+    def keys(self) -> Any:
+        from qunfa.services.keys import KeyService
+
+        return KeyService(self)
+
+    @cached_property
     def tasks(self) -> Any:
         from qunfa.services.tasks import TaskService
 

@@ -165,9 +165,11 @@ def test_rate_limit_is_99991400_retryable(
 def test_qunfa_limiter_keeps_under_the_per_second_limit(
     admin: SandboxAdmin, container: Container, sandbox: EmbeddedSandbox
 ) -> None:
-    # The platform allows 5/s; qunfa paces at 3/s (a margin for client/server clock skew).
+    # The platform allows 5/s; qunfa paces at 2/s. The margin covers scheduling jitter: a
+    # window's calls delayed under load can reach the server together with the next window's
+    # (2 + 2 <= 5; at 3/s, 3 + 3 would not be).
     t = make_tenant(admin, container, sandbox.url, sandbox_rules={"requests_per_second": 5},
-                    qunfa_rules={"requests_per_second": 3})  # fmt: skip
+                    qunfa_rules={"requests_per_second": 2})  # fmt: skip
 
     async def burst(a: Feishu) -> list[BatchOutcome]:
         batches = [OutboundBatch("c", n, f"k{n}", "list", TEXT, [t.users[n]]) for n in range(7)]
@@ -177,7 +179,7 @@ def test_qunfa_limiter_keeps_under_the_per_second_limit(
     started = time.monotonic()
     outcomes = run(burst, container, t)
     assert [o.error for o in outcomes if not o.accepted] == []
-    assert time.monotonic() - started >= 2.0  # 7 calls at 3/s need three windows
+    assert time.monotonic() - started >= 3.0  # 7 calls at 2/s need four windows
 
 
 def test_account_problems_are_account_errors(

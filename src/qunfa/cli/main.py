@@ -30,6 +30,8 @@ app.add_typer(campaign_app, name="campaign")
 contacts_app = typer.Typer(help="Contacts and their recipient ids.", no_args_is_help=True)
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(personal_app, name="personal", help="Personal WeChat: prepared batches, marks.")
+keys_app = typer.Typer(help="Encryption keys (PII and secrets at rest).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 rules_app = typer.Typer(help="Platform rules (limits as data, with sources).", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 console = Console()
@@ -233,6 +235,20 @@ def check(
         console.print(render(report, text))
     if not report.passed:
         raise typer.Exit(1)
+
+
+# -- keys -----------------------------------------------------------------------------------------
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Add a new data key and re-encrypt every encrypted field with it, online."""
+    c = container()
+    c.migrate()
+    with progress_bar() as bar:
+        report = c.keys.rotate(bar)
+    console.print(
+        f"active key {report.key_id}: {report.fields:,} fields re-encrypted in "
+        f"{report.seconds:.1f}s (old keys stay in {c.settings.keyring_path} for reading)"
+    )
 
 
 # -- rules ----------------------------------------------------------------------------------------

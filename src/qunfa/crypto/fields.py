@@ -36,6 +36,9 @@ class Keyring:
     keys: dict[str, bytes]
     blind_key: bytes
     _aead: dict[str, AESGCM] = field(default_factory=dict, repr=False)
+    # The file this keyring came from: a key id we do not know yet means another process
+    # rotated the keys (``qunfa keys rotate``), so we reload it once instead of failing.
+    path: Path | None = field(default=None, repr=False)
 
     @classmethod
     def generate(cls) -> Keyring:
@@ -48,6 +51,7 @@ class Keyring:
             active=data["active"],
             keys={k: base64.b64decode(v) for k, v in data["keys"].items()},
             blind_key=base64.b64decode(data["blind_key"]),
+            path=path,
         )
 
     @classmethod
@@ -56,6 +60,7 @@ class Keyring:
             return cls.load(path)
         ring = cls.generate()
         ring.save(path)
+        ring.path = path
         return ring
 
     def save(self, path: Path) -> None:
@@ -82,6 +87,8 @@ class Keyring:
     def _cipher(self, kid: str) -> AESGCM:
         aead = self._aead.get(kid)
         if aead is None:
+            if kid not in self.keys:
+                self._reload()
             try:
                 aead = self._aead[kid] = AESGCM(self.keys[kid])
             except KeyError:
@@ -89,6 +96,16 @@ class Keyring:
                     f"unknown key id {kid!r}: is keys.json the right keyring?"
                 ) from None
         return aead
+
+    def _reload(self) -> None:
+        """Pick up keys added by a rotation in another process (keys are only ever added)."""
+        if self.path is None or not self.path.exists():
+            return
+        fresh = Keyring.load(self.path)
+        if fresh.blind_key != self.blind_key:
+            raise KeyError_(f"{self.path} holds a different keyring (its blind key differs)")
+        self.keys.update(fresh.keys)
+        self.active = fresh.active
 
     def encrypt(self, plaintext: str) -> bytes:
         kid = self.active.encode()
