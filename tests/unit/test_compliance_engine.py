@@ -144,3 +144,39 @@ def test_rewrite_round_trip() -> None:
         assert link.short_url in new and link.short_url.endswith(link.token)
         assert verify(link.token, secret, "c1", link.target)
         assert not verify(link.token, secret, "c2", link.target)
+
+
+# -- batched checking ----------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PIECES = [
+    "全网最低价", "转 发 到朋友圈", "震惊", "稳赚不赔", "第一次", "國家級", "ｚｈｕａｎｆａ",
+    "欢迎光临", "http://t.cn/x", "shop.example/a", "\ue000", "。", "！", "😀", "abc", " ",
+]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_PIECES), max_size=6).map("".join), max_size=40))
+def test_check_many_equals_checking_one_by_one(texts: list[str]) -> None:
+    from qunfa.compliance import default_checker
+
+    checker = default_checker()
+    batched = checker.check_many(texts, "wechat_oa")
+    single = [checker.check(t, "wechat_oa") for t in texts]
+    assert [r.to_dict() for r in batched] == [r.to_dict() for r in single]
+
+
+def test_check_many_over_the_corpus_equals_one_by_one() -> None:
+    from pathlib import Path
+
+    from qunfa.compliance import default_checker
+
+    corpus = Path(__file__).with_name("compliance_corpus.tsv").read_text(encoding="utf-8")
+    texts = [line.split("\t")[-1] for line in corpus.splitlines() if "\t" in line]
+    checker = default_checker()
+    assert len(texts) >= 200
+    batched = checker.check_many(texts * 3, "sms_tencent")  # crosses a BATCH boundary
+    assert [r.to_dict() for r in batched] == [
+        checker.check(t, "sms_tencent").to_dict() for t in texts * 3
+    ]
