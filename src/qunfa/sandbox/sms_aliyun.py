@@ -36,7 +36,7 @@ from qunfa.rules import RuleSet
 from qunfa.rules import load as load_rules
 from qunfa.sandbox import ledger
 from qunfa.sandbox.faults import ERROR_BODIES
-from qunfa.sandbox.sms_tencent import enqueue_push, fails
+from qunfa.sandbox.sms_tencent import enqueue_push, fails, sms_account_spec
 from qunfa.sandbox.state import SHANGHAI, STATE, State
 
 TWIN = "sms_aliyun"  # url prefix; discovered by qunfa.sandbox.twins
@@ -91,11 +91,7 @@ def account_rules(raw: str) -> RuleSet:
 
 def create_account(state: State, spec: dict[str, Any]) -> dict[str, Any]:
     akid = str(spec["access_key_id"])
-    templates = {str(k): str(v) for k, v in dict(spec.get("templates") or {}).items()}
-    overrides = dict(spec.get("rules") or {})
-    if "per_number_daily" in spec:
-        overrides["per_number_daily"] = int(spec["per_number_daily"])
-    account_rules(json.dumps(overrides))  # validates rule names
+    templates, overrides = sms_account_spec(spec, account_rules)
     with state.tx() as db:
         db.execute(
             "INSERT OR REPLACE INTO smsa_accounts VALUES (?,?,?,?,?,?,?,?)",

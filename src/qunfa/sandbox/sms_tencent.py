@@ -32,7 +32,7 @@ import re
 import secrets
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -106,13 +106,22 @@ def fails(key: str, rate: float) -> bool:
     return int.from_bytes(h[:4]) < rate * 2**32
 
 
-def create_account(state: State, spec: dict[str, Any]) -> dict[str, Any]:
-    app = str(spec["sdk_app_id"])
+def sms_account_spec(
+    spec: dict[str, Any], validate: Callable[[str], object]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The templates and rule overrides of an SMS twin account (both SMS twins take these);
+    ``per_number_daily`` is a shorthand for that rule; ``validate`` checks the rule names."""
     templates = {str(k): str(v) for k, v in dict(spec.get("templates") or {}).items()}
     overrides = dict(spec.get("rules") or {})
     if "per_number_daily" in spec:
         overrides["per_number_daily"] = int(spec["per_number_daily"])
-    account_rules(json.dumps(overrides))  # validates rule names
+    validate(json.dumps(overrides))
+    return templates, overrides
+
+
+def create_account(state: State, spec: dict[str, Any]) -> dict[str, Any]:
+    app = str(spec["sdk_app_id"])
+    templates, overrides = sms_account_spec(spec, account_rules)
     with state.tx() as db:
         db.execute(
             "INSERT OR REPLACE INTO smst_accounts VALUES (?,?,?,?,?,?,?,?,?)",
