@@ -45,17 +45,6 @@ def wait_done(c: Container, campaign_id: int, timeout: float = 20.0) -> dict[str
     raise AssertionError(f"campaign {campaign_id} not done: {c.campaigns.status(campaign_id)}")
 
 
-def make(
-    admin: SandboxAdmin, c: Container, sandbox: EmbeddedSandbox, api: ServerThread, **kw: object
-) -> OA:
-    import secrets
-
-    appid = f"wx{secrets.token_hex(8)}"
-    return make_oa(
-        admin, c, sandbox.url, callback_url=callback_url(api, appid), appid_override=appid, **kw
-    )
-
-
 @pytest.fixture
 def oa(
     admin: SandboxAdmin, container: Container, sandbox: EmbeddedSandbox, api: ServerThread

@@ -181,7 +181,7 @@ class AccountService:
             assert isinstance(oa, WechatOA)
             known = self.has_identities(acc.id, "openid")
             async for page in oa.followers():
-                report["new"] += self._upsert_followers(acc.id, page, started, known)
+                report["new"] += self.upsert_identities(acc.id, "openid", page, started, known)
                 report["followers"] += len(page)
                 if progress:
                     progress("followers", report["followers"], None)
@@ -238,11 +238,6 @@ class AccountService:
                 )
             )
             return {bytes(bi): int(iid) for bi, iid in rows}
-
-    def _upsert_followers(
-        self, account_id: int, openids: list[str], now: float, known: bool = True
-    ) -> int:
-        return self.upsert_identities(account_id, "openid", openids, now, known)
 
     def has_identities(self, account_id: int, kind: str) -> bool:
         with self.c.engine.connect() as conn:

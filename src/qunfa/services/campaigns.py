@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -424,6 +424,3 @@ class CampaignService:
         with self.c.sessions() as s:
             ids = list(s.scalars(select(Campaign.id).order_by(Campaign.id.desc())))
         return [self.status(i) for i in ids]
-
-    def plan_report(self, report: PlanReport) -> dict[str, Any]:
-        return asdict(report)
