@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench install clean
+.PHONY: run test lint fmt bench install clean browser
 
 install: $(STAMP)
 
@@ -20,8 +20,15 @@ run: $(STAMP)
 	$(BIN)/qunfa demo
 
 ## make test: lint (ruff + mypy --strict) then the whole suite (unit, integration, e2e)
-test: $(STAMP) lint
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest tests
+
+# The console's browser test drives Debian's Chromium with Playwright (no browser download).
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
+browser:
+	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the console test"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+	  chromium chromium-driver; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

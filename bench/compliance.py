@@ -10,6 +10,8 @@ punctuation, some Latin and digits, a few lexicon violations and a few links.
   findings with offsets in the original, verdicts.
 * **raw** — the same automaton (same patterns) on the *un-normalised* messages: the floor.
 
+Rates are CPU seconds of this process (one core), best of 5, floor and check interleaved.
+
 ``--million`` also checks 1,000,000 distinct (personalised) messages with ``check_many``.
 Target: check ≥ 200,000 messages/s on one core (about half the raw matcher); 1M in ≤ 10 s.
 """
@@ -79,11 +81,28 @@ def random_lexicon(n: int, seed: int = 3) -> Lexicon:
 def rate(fn: object, msgs: list[str], repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for m in msgs:
             fn(m)  # type: ignore[operator]
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return len(msgs) / best
+
+
+def rates(fns: dict[str, object], msgs: list[str], repeat: int = 5) -> dict[str, float]:
+    """Best-of-``repeat`` msgs/s of each function, the runs interleaved.
+
+    CPU time of this process (``process_time``), not wall time: "one core" is what the target
+    says, and on a shared machine wall time measures the neighbours. Interleaving gives the
+    floor and the check the same conditions.
+    """
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.process_time()
+            for m in msgs:
+                fn(m)  # type: ignore[operator]
+            best[name] = min(best[name], time.process_time() - t0)
+    return {name: len(msgs) / t for name, t in best.items()}
 
 
 def main() -> None:
@@ -99,8 +118,8 @@ def main() -> None:
     build = time.perf_counter() - t0
     msgs = make_messages(args.messages)
     raw_find = checker.matcher.find_raw
-    raw = rate(raw_find, msgs)
-    full = rate(lambda m: checker.check(m, "wechat_oa"), msgs)
+    measured = rates({"raw": raw_find, "check": lambda m: checker.check(m, "wechat_oa")}, msgs)
+    raw, full = measured["raw"], measured["check"]
     flagged = sum(1 for m in msgs if checker.check(m, "wechat_oa").findings)
     result = {
         "patterns": len(checker.matcher),
@@ -113,9 +132,9 @@ def main() -> None:
     }
     if args.million:
         million = personalised(1_000_000)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         reports = checker.check_many(million, "sms_tencent")
-        result["million_check_s"] = round(time.perf_counter() - t0, 2)
+        result["million_check_s"] = round(time.process_time() - t0, 2)
         result["million_flagged"] = sum(1 for r in reports if r.findings)
     if args.json:
         print(json.dumps(result))

@@ -43,18 +43,37 @@ def fast_settings(data_dir: Path, **overrides: object) -> Settings:
         "max_attempts": 6,
         "sweep_interval": 0.2,
         "plan_page_size": 20_000,
+        # No default frequency caps: most tests send to the same people again and again;
+        # tests/integration/test_quota.py turns them on (docs/quotas.md).
+        "caps": {},
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def container(tmp_path: Path) -> Iterator[Container]:
-    c = Container(fast_settings(tmp_path / "data"))
+def make_container(data_dir: Path, database_url: str | None = None) -> Container:
+    """A migrated container whose batches wait in ``c.queued`` for the test to drive them."""
+    c = Container(fast_settings(data_dir, database_url=database_url))
     c.migrate()
     queued: list[int] = []
     c.set_enqueue(queued.extend)  # tests drive batches themselves; see drain()
     c.queued = queued  # type: ignore[attr-defined]
+    return c
+
+
+@pytest.fixture
+def container(tmp_path: Path) -> Iterator[Container]:
+    c = make_container(tmp_path / "data")
+    yield c
+    c.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def container_on_both(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Container]:
+    """The container on SQLite, then on a fresh PostgreSQL database: for modules whose
+    set-based SQL must work on both (they alias it as their ``container``)."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    c = make_container(tmp_path / "data", url)
     yield c
     c.close()
 

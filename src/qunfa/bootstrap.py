@@ -72,10 +72,28 @@ class Container:
         return ContactService(self)
 
     @cached_property
+    def people(self) -> Any:
+        from qunfa.services.people import PeopleService
+
+        return PeopleService(self)
+
+    @cached_property
     def campaigns(self) -> Any:
         from qunfa.services.campaigns import CampaignService
 
         return CampaignService(self)
+
+    @cached_property
+    def segments(self) -> Any:
+        from qunfa.services.segments import SegmentService
+
+        return SegmentService(self)
+
+    @cached_property
+    def review(self) -> Any:
+        from qunfa.services.review import ReviewService
+
+        return ReviewService(self)
 
     @cached_property
     def keys(self) -> Any:
@@ -84,10 +102,22 @@ class Container:
         return KeyService(self)
 
     @cached_property
+    def tags(self) -> Any:
+        from qunfa.services.tags import TagService
+
+        return TagService(self)
+
+    @cached_property
     def tasks(self) -> Any:
         from qunfa.services.tasks import TaskService
 
         return TaskService(self)
+
+    @cached_property
+    def materials(self) -> Any:
+        from qunfa.services.materials import MaterialService
+
+        return MaterialService(self)
 
     @cached_property
     def dispatcher(self) -> Any:
@@ -102,10 +132,34 @@ class Container:
         return Reconciler(self)
 
     @cached_property
+    def quota(self) -> Any:
+        from qunfa.services.quota import QuotaService
+
+        return QuotaService(self)
+
+    @cached_property
+    def dryrun(self) -> Any:
+        from qunfa.services.dryrun import DryRunService
+
+        return DryRunService(self)
+
+    @cached_property
+    def consent(self) -> Any:
+        from qunfa.services.consent import ConsentService
+
+        return ConsentService(self)
+
+    @cached_property
     def sweeper(self) -> Any:
         from qunfa.services.sweeper import Sweeper
 
         return Sweeper(self)
+
+    @cached_property
+    def behaviour(self) -> Any:
+        from qunfa.services.behaviour import BehaviourService
+
+        return BehaviourService(self)
 
     # -- the queue ---------------------------------------------------------------------------------
     @cached_property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,19 @@ class Settings(BaseSettings):
     retry_max: float = 300.0
     max_attempts: int = 12
     plan_page_size: int = Field(default=100_000, description="Recipients per planning page")
+    review_audience_threshold: int = Field(
+        default=10_000,
+        description="Largest audience sent without a reviewer's approval (docs/review.md); "
+        "an account's settings['review_audience_threshold'] overrides it",
+    )
+    caps: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "marketing_7d": {"limit": 3, "days": 7},
+            "marketing_1d": {"limit": 1, "days": 1},
+        },
+        description="Per-person frequency caps across every channel and identity "
+        '(docs/quotas.md): {"name": {"limit": n, "days": d}}; transactional campaigns are exempt',
+    )
     log_level: str = "INFO"
 
     @property

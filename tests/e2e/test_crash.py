@@ -28,6 +28,7 @@ from qunfa.bootstrap import Container
 from qunfa.sandbox.admin_client import SandboxAdmin
 from qunfa.settings import Settings
 from qunfa.storage.models import Batch
+from tests.approval import approve
 from tests.conftest import aes_key
 
 RECIPIENTS = 200_000
@@ -175,6 +176,7 @@ def test_kill_9_during_a_200k_campaign_delivers_exactly_once(
         content={"msgtype": "text", "text": {"content": "exactly once"}},
         as_list=True,
     )
+    approve(c, camp.id)  # above the review threshold / a link to review
     report = c.campaigns.start(camp.id)  # enqueues 20 batch tasks in Huey's SQLite queue
     assert report is not None and report.batches == 20
     # Slow every send down so kills land while calls are in flight.
@@ -233,6 +235,7 @@ def test_kill_9_during_an_sms_campaign_never_resends(tmp_path: Path, sandbox_pro
         content={"template_id": "1001", "params": ["8"], "text": "会员日全场8折，回T退订",
                  "category": "marketing"},
     )  # fmt: skip
+    approve(c, camp.id)  # above the review threshold / a link to review
     report = c.campaigns.start(camp.id)
     assert report is not None and report.batches == 100  # 200 numbers a call
     admin.faults(platform="sms_tencent", latency_ms=250)
@@ -264,6 +267,7 @@ def test_kill_9_during_a_wecom_customer_campaign_never_resends(
         name="wecom crash", channel="wecom_customer", account=corpid, audience="all",
         content={"text": {"content": "年终回馈"}},
     )  # fmt: skip
+    approve(c, camp.id)  # above the review threshold / a link to review
     report = c.campaigns.start(camp.id)
     assert report is not None and report.batches == 40
     admin.faults(platform="wecom", latency_ms=300, paths=["add_msg_template"])

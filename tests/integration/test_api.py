@@ -87,6 +87,22 @@ def test_console_defaults_to_chinese_and_offers_english(
     assert 'lang="en"' in en.text and "Campaigns" in en.text and "draft" in en.text
 
 
+def test_console_shows_the_review_state_and_the_reviewer(
+    client: TestClient, oa: OA, container: Container
+) -> None:
+    camp = container.campaigns.create(
+        name="待审活动", channel="wechat_oa", account=oa.appid, audience="all",
+        content={"msgtype": "text", "text": {"content": "会员日"}}, created_by="小李",
+    )  # fmt: skip
+    container.review.check(camp.id, "小李")
+    container.review.submit(camp.id, "小李")
+    assert 'data-review="submitted"' in client.get("/").text
+    assert "待审核" in client.get("/").text
+    container.review.approve(camp.id, "王审核")
+    page = client.get("/?lang=en").text
+    assert 'data-review="approved"' in page and "approved · by 王审核" in page
+
+
 def test_url_verification_echoes_only_with_a_valid_signature(client: TestClient, oa: OA) -> None:
     sig = signature(oa.token, "1700000000", "42")
     ok = client.get(

@@ -18,6 +18,7 @@ from qunfa.bootstrap import Container
 from qunfa.sandbox.admin_client import SandboxAdmin
 from qunfa.sandbox.server import EmbeddedSandbox
 from qunfa.storage.models import Batch, Delivery
+from tests.approval import approve
 from tests.conftest import OA, drain, make_oa
 
 TEXT = {"msgtype": "text", "text": {"content": "引擎测试"}}
@@ -80,6 +81,7 @@ def test_list_campaign_in_batches_exactly_once(
         content=TEXT,
         as_list=True,
     )
+    approve(container, camp.id)  # 25,000 followers: above the review threshold
     report = container.campaigns.start(camp.id)
     assert report is not None and report.recipients == 25_000 and report.batches == 3
     status = wait_done(container, camp.id)
@@ -110,14 +112,25 @@ def test_service_account_filters_the_fifth_message_of_the_month(
     container: Container, oa: OA, admin: SandboxAdmin, api: ServerThread
 ) -> None:
     point_callbacks(admin, oa, api)
-    for i in range(5):
+    for i in range(4):
         camp = container.campaigns.create(
             name=f"m{i}", channel="wechat_oa", account=oa.appid, audience="tag:VIP", content=TEXT
         )
         container.campaigns.start(camp.id)
         status = wait_done(container, camp.id)
-    platform = status["platform"]
-    assert platform["total"] == status["planned"] and platform["sent"] == 0  # type: ignore[index]
+    assert admin.ledger("wechat_oa", oa.appid)["max_per_recipient"] == 4
+    # The fifth: qunfa's ledger knows what the platform would filter (docs/quotas.md) and
+    # skips everyone at plan time; nothing is sent.
+    camp = container.campaigns.create(
+        name="m4", channel="wechat_oa", account=oa.appid, audience="tag:VIP", content=TEXT
+    )
+    container.review.check(camp.id, "author")
+    container.campaigns.plan(camp.id)
+    status = container.campaigns.status(camp.id)
+    assert status["state"] == "failed" and set(status["deliveries"]) == {"skipped"}
+    with container.sessions() as s:
+        reasons = set(s.scalars(select(Delivery.reason).where(Delivery.campaign_id == camp.id)))
+    assert reasons == {"quota:service_per_user_per_month"}
     assert admin.ledger("wechat_oa", oa.appid)["max_per_recipient"] == 4
 
 
@@ -135,6 +148,7 @@ def test_faults_are_retried_until_sent_once(
         content=TEXT,
         as_list=True,
     )
+    approve(container, camp.id)  # 25,000 followers: above the review threshold
     container.campaigns.start(camp.id)
     status = wait_done(container, camp.id, timeout=30)
     assert status["state"] == "done" and status["deliveries"] == {"sent": 25_000}
@@ -159,6 +173,7 @@ def test_in_doubt_batches_are_settled_by_dedupe_not_resent(
         content=TEXT,
         as_list=True,
     )
+    approve(container, camp.id)  # 25,000 followers: above the review threshold
     container.campaigns.start(camp.id)
     drain(container, rounds=1)  # every call times out after the platform accepted it
     with container.sessions() as s:
@@ -187,6 +202,7 @@ def test_in_doubt_beyond_the_dedupe_window_becomes_unknown(
         content=TEXT,
         as_list=True,
     )
+    approve(container, camp.id)  # 25,000 followers: above the review threshold
     container.campaigns.start(camp.id)
     with container.sessions() as s:  # simulate a crash a day ago, mid-call
         s.execute(
@@ -232,6 +248,7 @@ def test_account_error_pauses_and_resume_finishes(
         content=TEXT,
         as_list=True,
     )
+    approve(container, camp.id)  # 25,000 followers: above the review threshold
     container.campaigns.start(camp.id)
     status = wait_done(container, camp.id)
     assert status["state"] == "paused" and "40125" in str(status["last_error"])
@@ -270,8 +287,12 @@ def test_subscription_quota_defers_the_second_campaign(
         ids.append(camp.id)
     with container.sessions() as s:
         second = s.scalars(select(Batch).where(Batch.campaign_id == ids[1])).one()
-    assert second.state == "deferred" and second.last_errcode == "45028"
-    assert second.next_attempt_at > time.time() + 60  # the next day in China, not a retry loop
+    # qunfa's ledger knows the day's one mass send is spent (docs/quotas.md): the second is
+    # planned for the next day in China and never reaches the platform for a 45028 today.
+    from qunfa.domain.quota import Period, period_end
+
+    assert second.state == "pending" and second.last_errcode is None and second.attempts == 0
+    assert second.next_attempt_at == period_end(Period.DAY, time.time())
 
 
 def test_replanning_after_a_crash_mid_plan_is_idempotent(container: Container, oa: OA) -> None:
@@ -290,6 +311,7 @@ def test_replanning_after_a_crash_mid_plan_is_idempotent(container: Container, o
             f"updated_at) SELECT {camp.id}, 0, id, contact_id, 'planned', 0 FROM identities "
             "LIMIT 10"
         )
+    approve(container, camp.id)  # 25,000 followers: above the review threshold
     report = container.campaigns.plan(camp.id)
     assert report.recipients == 25_000 and report.batches == 3
     with container.sessions() as s:
@@ -304,6 +326,7 @@ def test_empty_audience_fails_with_a_reason(
     camp = container.campaigns.create(
         name="nobody", channel="wechat_oa", account=oa.appid, audience="tag:VIP", content=TEXT
     )
+    container.review.check(camp.id, "tester")  # the gate: no plan without a check
     report = container.campaigns.plan(camp.id)
     assert report.recipients == 0
     status = container.campaigns.status(camp.id)
@@ -381,3 +404,41 @@ def test_callback_that_beats_the_send_response_is_applied(container: Container, 
         assert after is not None
         assert after.state == "done" and after.sent_count == 9 and after.filter_count == 9
     assert container.campaigns.status(camp.id)["state"] == "done"
+
+
+def test_start_enqueues_only_due_batches_and_the_sweeper_sends_the_rest_when_due(
+    admin: SandboxAdmin, container: Container, sandbox: EmbeddedSandbox
+) -> None:
+    """A batch due later (staggering, deferral, pacing) is not handed to the workers at start:
+    it is not sent early, and it goes as soon as it is due — not a lease time later."""
+    acct = make_oa(admin, container, sandbox.url, followers=30)
+    camp = container.campaigns.create(
+        name="later", channel="wechat_oa", account=acct.appid, audience="all", content=TEXT,
+        as_list=True,
+    )  # fmt: skip
+    container.review.check(camp.id, "tester")  # the gate: no plan without a check
+    container.campaigns.plan(camp.id)
+    due = time.time() + 1.0
+    with container.sessions() as s:
+        s.execute(update(Batch).where(Batch.campaign_id == camp.id).values(next_attempt_at=due))
+        s.commit()
+    queued: list[int] = container.queued  # type: ignore[attr-defined]
+    container.campaigns.start(camp.id)
+    assert queued == []  # nothing is due yet
+    drain(container, rounds=3)
+    with container.sessions() as s:
+        batch = s.scalars(select(Batch).where(Batch.campaign_id == camp.id)).one()
+    assert batch.state == "pending" and batch.attempts == 0 and batch.enqueued_at is None
+    assert admin.ledger("wechat_oa", acct.appid).get("messages", 0) == 0
+    time.sleep(max(0.0, due - time.time()) + 0.05)
+    assert time.time() - due < container.settings.lease_seconds  # well inside a lease time
+    drain(container, rounds=3)  # the sweeper finds it due at once
+    with container.sessions() as s:
+        batch = s.scalars(select(Batch).where(Batch.campaign_id == camp.id)).one()
+        sent = s.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.campaign_id == camp.id, Delivery.status == "sent")
+        )
+    assert batch.state in ("accepted", "done") and batch.attempts == 1
+    assert sent == 30

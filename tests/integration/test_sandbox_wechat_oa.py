@@ -42,6 +42,27 @@ class Client:
     def get(self, path: str) -> Any:
         return self.call("GET", path)
 
+    def upload_image(self, token: str) -> str:
+        """A permanent image material (mass sends take only media ids the twin issued)."""
+        from qunfa.content.mediafile import png_header
+
+        boundary = "qunfa-test-boundary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="media"; filename="a.png"'
+                "\r\nContent-Type: image/png\r\n\r\n"
+            ).encode()
+            + png_header(10, 10)
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        req = urllib.request.Request(
+            f"{self.url}/wechat/cgi-bin/material/add_material?type=image&access_token={token}",
+            data=body, method="POST",
+        )  # fmt: skip
+        req.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return str(json.loads(resp.read())["media_id"])
+
     def post(self, path: str, body: Any = None) -> Any:
         return self.call("POST", path, {} if body is None else body)
 
@@ -209,7 +230,7 @@ def test_mass_send_list_sizes_and_unknown_openids(sandbox_oa: Client) -> None:
     assert ok["errcode"] == 0 and ok["errmsg"] == "send job submission success"
     assert "msg_data_id" not in ok
     news = c.api(t, "message/mass/send", {"touser": users[:2], "msgtype": "mpnews",
-                                          "mpnews": {"media_id": "M1"}})  # fmt: skip
+                                          "mpnews": {"media_id": c.upload_image(t)}})  # fmt: skip
     assert isinstance(news["msg_data_id"], int)
     assert c.ledger(account="wxm") == {
         "channel": "wechat_oa", "account": "wxm", "messages": 6, "recipients": 4,

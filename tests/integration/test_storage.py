@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, inspect, select
@@ -13,23 +11,15 @@ from qunfa.bootstrap import Container
 from qunfa.sandbox.admin_client import SandboxAdmin
 from qunfa.sandbox.server import EmbeddedSandbox
 from qunfa.storage.models import Base, Delivery
-from tests.conftest import drain, fast_settings, make_oa
+from tests.approval import approve
+from tests.conftest import drain, make_oa
 
 TEXT = {"msgtype": "text", "text": {"content": "存储测试"}}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Container]:
-    url = None
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_url")
-    c = Container(fast_settings(tmp_path / "data", database_url=url))
-    c.migrate()
-    queued: list[int] = []
-    c.set_enqueue(queued.extend)
-    c.queued = queued  # type: ignore[attr-defined]
-    yield c
-    c.close()
+@pytest.fixture
+def any_db(container_on_both: Container) -> Container:
+    return container_on_both
 
 
 def test_migrations_create_every_model_table(any_db: Container) -> None:
@@ -48,6 +38,7 @@ def test_campaign_end_to_end(
         name="db", channel="wechat_oa", account=oa.appid, audience="all", content=TEXT,
         as_list=True,
     )  # fmt: skip
+    approve(c, camp.id)  # 12,000 followers: above the review threshold
     report = c.campaigns.start(camp.id)
     assert report is not None and (report.recipients, report.batches) == (12_000, 2)
     deadline = time.monotonic() + 30
@@ -70,6 +61,7 @@ def test_tag_plan_and_resync(
     camp = c.campaigns.create(
         name="tag", channel="wechat_oa", account=oa.appid, audience="tag:上海", content=TEXT
     )
+    approve(c, camp.id)
     report = c.campaigns.plan(camp.id)
     assert 600 < report.recipients < 1200 and report.batches == 1  # ~30%, one sendall
     again = asyncio.run(c.accounts.sync(oa.appid))  # a second sync inserts nobody new

@@ -255,7 +255,17 @@ def test_sendall_to_tag_and_everyone(container: Container, oa: OA, admin: Sandbo
 
 def test_status_preview_and_delete(container: Container, oa: OA) -> None:
     ids = followers(container, oa, 5)
-    news = {"msgtype": "mpnews", "mpnews": {"media_id": "MEDIA_1"}}
+    from qunfa.content.mediafile import png_header  # the twin takes only media ids it issued
+
+    image = container.materials.create(kind="image", title="i", data=png_header(8, 8))
+    acc = container.accounts.get(oa.appid)
+
+    async def upload(_: WechatOA) -> str:
+        async with HttpClient() as http:
+            media_id: str = await container.materials.media_id(image.id, acc, "wechat_oa", http)
+            return media_id
+
+    news = {"msgtype": "mpnews", "mpnews": {"media_id": run(upload, container, oa)}}
     out = send(container, oa, batch(ids, key="qf-news", content=news))
     assert out.platform_msg_id
 

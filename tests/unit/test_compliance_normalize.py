@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qunfa.compliance.normalize import normalize, normalize_text
+from qunfa.compliance.normalize import _normalize_reference, normalize, normalize_text
 
 TEXT = st.text(
     alphabet=st.one_of(
@@ -30,6 +30,23 @@ def test_offset_map_invariants(text: str) -> None:
         end = min(len(n.text), start + 4)
         a, b = n.original_span(start, end)
         assert n.text[start:end] in normalize(text[a:b]).text
+
+
+@given(TEXT)
+@settings(max_examples=400, deadline=None)
+def test_fast_offset_map_equals_reference(text: str) -> None:
+    # The run-based offset map (the common case) must be exactly the per-character one.
+    fast, ref = normalize(text), _normalize_reference(text)
+    assert fast.text == ref.text
+    assert fast.origin == ref.origin
+
+
+@given(st.text(alphabet=st.sampled_from("转发最佳全网VIPvip ，。！、：；.-_1a"), max_size=80))
+@settings(max_examples=300, deadline=None)
+def test_fast_path_on_ordinary_text(text: str) -> None:
+    # Ordinary CJK/ASCII with punctuation: the case the fast path is for.
+    fast, ref = normalize(text), _normalize_reference(text)
+    assert (fast.text, fast.origin) == (ref.text, ref.origin)
 
 
 def test_evasions() -> None:

@@ -59,9 +59,9 @@ def test_parse_audience(text: str, kind: str, tag: str | None) -> None:
     assert aud.kind == kind and aud.tag == tag
 
 
-@pytest.mark.parametrize("bad", ["", "everyone", "tag:", "openids:", "segment:x"])
+@pytest.mark.parametrize("bad", ["", "everyone", "tag:", "openids:", "segment:", "expr:tag("])
 def test_parse_audience_errors_say_what_to_write(bad: str) -> None:
-    with pytest.raises(AudienceError, match=r"all|tag|openid"):
+    with pytest.raises(AudienceError, match=r"all|tag|openid|segment"):
         parse_audience(bad)
 
 

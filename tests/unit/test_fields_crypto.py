@@ -64,3 +64,17 @@ def test_load_or_create_is_idempotent(tmp_path: Path) -> None:
     a = Keyring.load_or_create(path)
     b = Keyring.load_or_create(path)
     assert a.keys == b.keys and a.blind_key == b.blind_key
+
+
+def test_decrypt_many_equals_decrypt_across_key_ids() -> None:
+    ring = Keyring.generate()
+    old = ring.encrypt_many(["张三", "李四"])
+    ring.add_key()
+    new = [ring.encrypt("王五"), ring.encrypt("")]
+    assert ring.key_id_of(old[0]) != ring.key_id_of(new[0])
+    assert ring.decrypt_many([*old, *new]) == ["张三", "李四", "王五", ""]
+    assert ring.decrypt_many([]) == []
+    bad = bytearray(new[0])
+    bad[-1] ^= 1
+    with pytest.raises(KeyError_):
+        ring.decrypt_many([bytes(bad)])

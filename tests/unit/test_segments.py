@@ -230,8 +230,13 @@ durations = st.builds(
 _BY_TYPE = {"str": strings, "int": ints, "number": numbers, "duration": durations}
 
 
+def _arg_of(name: str, param: str, ptype: str) -> st.SearchStrategy[object]:
+    choices = FUNCTIONS[name].choices_for(param)
+    return st.sampled_from(choices) if choices else _BY_TYPE[ptype]
+
+
 def _call_of(name: str) -> st.SearchStrategy[Node]:
-    args = st.tuples(*(_BY_TYPE[t] for _, t in FUNCTIONS[name].params))
+    args = st.tuples(*(_arg_of(name, p, t) for p, t in FUNCTIONS[name].params))
     return st.builds(Call, st.just(name), args)
 
 

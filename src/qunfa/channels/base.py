@@ -8,8 +8,9 @@ nothing of the database: accounts, tokens and recipients are handed to them.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -45,6 +46,39 @@ class OutboundBatch:
     content: Mapping[str, Any]
     recipients: Sequence[str] = ()
     tag_id: int | None = None
+    # Recipient → signed unsubscribe token (e-mail's List-Unsubscribe link, docs/consent.md).
+    unsubscribe: Mapping[str, str] = field(default_factory=dict)
+    # Recipient → their own rendered content (a personalised campaign, docs/content.md); None:
+    # ``content`` is everybody's. Only channels with ``personalises = True`` receive it.
+    personal: Mapping[str, Mapping[str, Any]] | None = None
+
+    def content_for(self, recipient: str) -> Mapping[str, Any]:
+        """The content ``recipient`` receives."""
+        if self.personal is None:
+            return self.content
+        return self.personal.get(recipient, self.content)
+
+    def groups(
+        self, key: Callable[[Mapping[str, Any]], Hashable] | None = None
+    ) -> list[tuple[Mapping[str, Any], list[str]]]:
+        """Recipients grouped by identical content (by ``key`` of it; default: all of it), in
+        order of first appearance: one group when the batch is not personalised."""
+        if self.personal is None:
+            return [(self.content, list(self.recipients))]
+        keyf = key or _canonical
+        found: dict[Hashable, tuple[Mapping[str, Any], list[str]]] = {}
+        for rid in self.recipients:
+            own = self.personal.get(rid, self.content)
+            k = keyf(own)
+            if k in found:
+                found[k][1].append(rid)
+            else:
+                found[k] = (own, [rid])
+        return list(found.values())
+
+
+def _canonical(content: Mapping[str, Any]) -> str:
+    return json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -132,6 +166,10 @@ class Channel(ABC):
     # Seconds between result polls of an accepted batch; None: wait for a callback and poll
     # only after ``settle_after``.
     poll_interval: ClassVar[float | None] = None
+    # True when ``send_batch`` honours ``OutboundBatch.personal`` (per-recipient content). The
+    # dispatcher never hands per-person templates to a channel without it: they would go out
+    # raw, so such a batch fails with the reason instead.
+    personalises: ClassVar[bool] = False
 
     def __init__(self, account: AccountConfig, ctx: ChannelContext) -> None:
         self.account = account

@@ -98,6 +98,7 @@ class Email(Channel):
     )
     sandbox_prefix: ClassVar[str] = "email"
     idempotent: ClassVar[bool] = False  # SMTP has no dedupe: in doubt → unknown
+    personalises: ClassVar[bool] = True  # one message per recipient anyway
 
     @classmethod
     def batch_size(cls, rules: RuleSet, mode: str) -> int:
@@ -123,10 +124,13 @@ class Email(Channel):
 
     def build(self, batch: OutboundBatch, recipient: str) -> EmailMessage:
         """The message ``recipient`` gets from ``batch`` (headers included)."""
-        creds, content = self.account.credentials, batch.content
+        # One message per recipient already: a personalised batch just picks their content.
+        creds, content = self.account.credentials, batch.content_for(recipient)
         sender = creds["from_address"]
         base = str(self.account.settings.get("unsubscribe_base") or DEFAULT_UNSUBSCRIBE_BASE)
-        token = unsubscribe_token(batch.campaign_uid, recipient)
+        # The engine hands a signed token per recipient (qunfa's /u/<token> route withdraws);
+        # the unsigned fallback only serves adapters driven directly, outside the engine.
+        token = batch.unsubscribe.get(recipient) or unsubscribe_token(batch.campaign_uid, recipient)
         mailto = str(self.account.settings.get("unsubscribe_mailto") or sender)
         msg = EmailMessage()
         msg["From"] = formataddr((str(content.get("from_name") or ""), sender))

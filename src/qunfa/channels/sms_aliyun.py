@@ -101,6 +101,7 @@ class SmsAliyun(Channel):
     )
     sandbox_prefix: ClassVar[str] = "sms_aliyun"
     idempotent: ClassVar[bool] = False  # SendBatchSms does not dedupe: in doubt → unknown
+    personalises: ClassVar[bool] = True  # TemplateParamJson carries one object per number
 
     @classmethod
     def batch_size(cls, rules: RuleSet, mode: str) -> int:
@@ -130,13 +131,15 @@ class SmsAliyun(Channel):
         if not phones:
             return BatchOutcome(accepted=True, done=True, recipient_failures=failures)
         creds = self.account.credentials
-        params = dict(batch.content.get("params") or {})
+        # SendBatchSms takes one parameter object PER NUMBER: a personalised batch is still one
+        # call, each number with its own rendered parameters.
+        per_number = [dict(batch.content_for(rid).get("params") or {}) for rid in phones.values()]
         action = {
             "Action": "SendBatchSms",
             "PhoneNumberJson": json.dumps(list(phones), ensure_ascii=False),
             "SignNameJson": json.dumps([creds["sign_name"]] * len(phones), ensure_ascii=False),
             "TemplateCode": str(batch.content["template_id"]),
-            "TemplateParamJson": json.dumps([params] * len(phones), ensure_ascii=False),
+            "TemplateParamJson": json.dumps(per_number, ensure_ascii=False),
             "OutId": batch.key,
         }
         form = aliyun_rpc.signed_params(

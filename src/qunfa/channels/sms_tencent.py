@@ -11,6 +11,7 @@ carries the batch key (echoed back) so an operator can match the platform's reco
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -67,6 +68,8 @@ TENCENT_PREFIXES: Mapping[str, ErrorClass] = {
     "InvalidParameter": E.BATCH,
     "MissingParameter": E.BATCH,
 }
+# Parallel SendSms calls of one personalised batch (each still waits for the rate limiter).
+PERSONAL_CONCURRENCY = 8
 RETRY_AFTER = {"RequestLimitExceeded": 1.0, "FailedOperation.MarketingSendTimeConstraint": 3600.0}
 
 
@@ -80,6 +83,11 @@ def classify_tencent(code: str, message: str) -> PlatformError:
     if klass is E.QUOTA:
         retry_after = seconds_to_china_midnight()
     return PlatformError(code, message, klass, retry_after=retry_after)
+
+
+def _params_key(content: Mapping[str, Any]) -> tuple[str, ...]:
+    """What makes two recipients' SendSms calls differ: the rendered parameters."""
+    return tuple(str(p) for p in content.get("params", []))
 
 
 class SmsTencent(Channel):
@@ -97,6 +105,7 @@ class SmsTencent(Channel):
     )
     sandbox_prefix: ClassVar[str] = "sms_tencent"
     idempotent: ClassVar[bool] = False  # no platform dedupe: in doubt → unknown
+    personalises: ClassVar[bool] = True  # one SendSms per distinct parameter set
 
     @classmethod
     def batch_size(cls, rules: RuleSet, mode: str) -> int:
@@ -118,18 +127,29 @@ class SmsTencent(Channel):
         """:func:`classify_tencent` without an instance (docs, tests, the CLI)."""
         return classify_tencent(code, message)
 
-    def _request(self, batch: OutboundBatch, phones: list[str]) -> dict[str, Any]:
+    def _request(
+        self, batch: OutboundBatch, phones: list[str], content: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         creds = self.account.credentials
+        content = batch.content if content is None else content
         return {
             "PhoneNumberSet": phones,
             "SmsSdkAppId": creds["sdk_app_id"],
             "SignName": creds["sign_name"],
-            "TemplateId": str(batch.content["template_id"]),
-            "TemplateParamSet": [str(p) for p in batch.content.get("params", [])],
+            "TemplateId": str(content["template_id"]),
+            "TemplateParamSet": [str(p) for p in content.get("params", [])],
             "SessionContext": batch.key,
         }
 
     async def send_batch(self, batch: OutboundBatch) -> BatchOutcome:
+        """One SendSms call, or for a personalised batch one call per distinct parameter set.
+
+        SendSms takes ONE ``TemplateParamSet`` for every number of a call, so recipients whose
+        rendered parameters are identical share a call (≤200 numbers) and the others get their
+        own; calls run up to ``PERSONAL_CONCURRENCY`` at a time under the account's rate limit.
+        Results are merged: accepted numbers keep their SerialNo even when another call of the
+        batch failed (the batch then reports that call's error; the sent ones stay sent).
+        """
         try:  # the account's own opt-out phrase is known here, not at validate time
             validate_sms_content(
                 batch.content, "template_id", account_opt_out(self.account.settings)
@@ -140,12 +160,61 @@ class SmsTencent(Channel):
         sent_as, failures = split_recipients(
             batch.recipients, lambda code, msg: PlatformError(code, msg, E.RECIPIENT)
         )
-        phones = list(sent_as)
-        if not phones:
+        if not sent_as:
             return BatchOutcome(accepted=True, done=True, recipient_failures=failures)
+        phone_of = {rid: e164 for e164, rid in sent_as.items()}
+        calls: list[tuple[Mapping[str, Any], list[str]]] = []
+        for content, rids in batch.groups(_params_key):
+            phones = [phone_of[r] for r in rids if r in phone_of]
+            if phones:
+                calls.append((content, phones))
+        gate = asyncio.Semaphore(PERSONAL_CONCURRENCY)
+
+        async def one(content: Mapping[str, Any], phones: list[str]) -> Any:
+            async with gate:
+                return await self._send_call(batch, phones, content)
+
+        answers = await asyncio.gather(*(one(c, p) for c, p in calls))
+        msg_ids: dict[str, str] = {}
+        errors: list[PlatformError] = []
+        in_doubt = False
+        request_ids: list[str] = []
+        for answer in answers:
+            if isinstance(answer, TransportError):
+                errors.append(PlatformError("transport", str(answer), E.RETRYABLE))
+                in_doubt = in_doubt or answer.in_doubt
+                continue
+            part = self._outcome(answer, sent_as, failures)
+            if part.error is not None:
+                errors.append(part.error)
+                continue
+            msg_ids.update(part.recipient_msg_ids)
+            if part.platform_msg_id:
+                request_ids.append(part.platform_msg_id)
+        if errors:
+            return BatchOutcome(
+                accepted=False,
+                error=errors[0],
+                in_doubt=in_doubt,
+                recipient_msg_ids=msg_ids,
+                recipient_failures=failures,
+            )
+        return BatchOutcome(
+            accepted=True,
+            done=True,
+            platform_msg_id=request_ids[0] if request_ids else None,
+            recipient_msg_ids=msg_ids,
+            recipient_failures=failures,
+        )
+
+    async def _send_call(
+        self, batch: OutboundBatch, phones: list[str], content: Mapping[str, Any]
+    ) -> Any:
+        """One signed SendSms: the decoded answer, or the TransportError (returned, not raised,
+        so one call's failure does not hide the others' results)."""
         creds = self.account.credentials
         url = self.account.base_url.rstrip("/") + "/"
-        body = self._request(batch, phones)
+        body = self._request(batch, phones, content)
         # Byte-identical to what request_json sends (same json.dumps call): the signature
         # covers the body's SHA-256.
         payload = json.dumps(body, ensure_ascii=False).encode()
@@ -164,11 +233,9 @@ class SmsTencent(Channel):
             await self.ctx.limiter.acquire(
                 f"sms_tencent:{self.account.app_id}", self.rules["requests_per_second"], 1.0
             )
-            data = await self.ctx.http.request_json("POST", url, body=body, headers=headers)
+            return await self.ctx.http.request_json("POST", url, body=body, headers=headers)
         except TransportError as exc:
-            error = PlatformError("transport", str(exc), E.RETRYABLE)
-            return BatchOutcome(accepted=False, error=error, in_doubt=exc.in_doubt)
-        return self._outcome(data, sent_as, failures)
+            return exc
 
     def _outcome(
         self, data: Any, sent_as: dict[str, str], failures: dict[str, PlatformError]

@@ -220,18 +220,35 @@ class WechatOA(Channel):
         await self.api.call_ok("POST", "message/mass/delete", body)
 
     # -- account sync -----------------------------------------------------------------------------
-    async def followers(self) -> AsyncIterator[list[str]]:
-        """Pages of follower openids (user/get, 10,000 a page) until the list ends."""
-        next_openid = ""
+    async def follower_pages(self, next_openid: str = "") -> AsyncIterator[tuple[list[str], str]]:
+        """Pages of follower openids (``user/get``, 10,000 a page) from ``next_openid`` on, each
+        with the cursor that continues after it (what a resumable sync persists)."""
         while True:
             data = await self.api.call_ok("GET", "user/get", params={"next_openid": next_openid})
             openids = (data.get("data") or {}).get("openid") or []
             if not openids or not data.get("count"):
                 return
-            yield list(openids)
             next_openid = str(data.get("next_openid") or "")
+            yield list(openids), next_openid
             if not next_openid:
                 return
+
+    async def followers(self) -> AsyncIterator[list[str]]:
+        """Pages of follower openids until the list ends."""
+        async for page, _ in self.follower_pages():
+            yield page
+
+    async def user_info(self, openids: list[str]) -> list[dict[str, Any]]:
+        """Profiles of ≤ ``batchget_max_per_call`` openids (``user/info/batchget``): subscribe,
+        unionid, subscribe_time, tagid_list …; unfollowed users carry only openid/unionid."""
+        limit = self.rules["batchget_max_per_call"]
+        if len(openids) > limit:
+            raise ValueError(
+                f"user/info/batchget takes ≤ {limit} openids (rule batchget_max_per_call)"
+            )
+        body = {"user_list": [{"openid": o, "lang": "zh_CN"} for o in openids]}
+        data = await self.api.call_ok("POST", "user/info/batchget", body)
+        return list(data.get("user_info_list") or [])
 
     async def tags(self) -> list[dict[str, Any]]:
         data = await self.api.call_ok("GET", "tags/get")
@@ -249,3 +266,25 @@ class WechatOA(Channel):
             next_openid = str(data.get("next_openid") or "")
             if not next_openid:
                 return
+
+    # -- tag management (§1.7) ---------------------------------------------------------------------
+    async def create_tag(self, name: str) -> int:
+        """``tags/create``; the platform's id of the new tag."""
+        data = await self.api.call_ok("POST", "tags/create", {"tag": {"name": name}})
+        return int(data["tag"]["id"])
+
+    async def rename_tag(self, tag_id: int, name: str) -> None:
+        await self.api.call_ok("POST", "tags/update", {"tag": {"id": tag_id, "name": name}})
+
+    async def delete_tag(self, tag_id: int) -> None:
+        await self.api.call_ok("POST", "tags/delete", {"tag": {"id": tag_id}})
+
+    async def tag_users(self, tag_id: int, openids: list[str], *, add: bool = True) -> None:
+        """``tags/members/batchtagging`` (or ``batchuntagging``) of ≤ 50 openids."""
+        limit = self.rules["batchtagging_max_per_call"]
+        if not 0 < len(openids) <= limit:
+            raise ValueError(
+                f"batch(un)tagging takes 1..{limit} openids (rule batchtagging_max_per_call)"
+            )
+        path = "tags/members/batchtagging" if add else "tags/members/batchuntagging"
+        await self.api.call_ok("POST", path, {"openid_list": openids, "tagid": tag_id})

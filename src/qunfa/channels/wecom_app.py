@@ -12,7 +12,7 @@ while two batches differ by ``touser``. The platform also drops, silently, messa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from qunfa.channels.base import AccountConfig, Channel, ChannelContext, ContentError, OutboundBatch
@@ -50,6 +50,7 @@ class WecomApp(Channel):
     credential_fields: ClassVar[tuple[str, ...]] = ("corpid", "agentid", "secret")
     sandbox_prefix: ClassVar[str] = "wecom"
     idempotent: ClassVar[bool] = True
+    personalises: ClassVar[bool] = True  # one message/send per distinct rendered content
     dedupe_window_rule: ClassVar[str | None] = "duplicate_check_interval_seconds"
 
     def __init__(self, account: AccountConfig, ctx: ChannelContext) -> None:
@@ -108,26 +109,68 @@ class WecomApp(Channel):
             return PlatformError(error.code, error.message, error.klass, retry_after=wait)
         return error
 
-    def request_body(self, batch: OutboundBatch) -> dict[str, Any]:
-        """The message/send JSON: a pure function of the batch, so a retry is identical."""
-        msgtype = str(batch.content["msgtype"])
+    def request_body(
+        self,
+        batch: OutboundBatch,
+        content: Mapping[str, Any] | None = None,
+        recipients: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """The message/send JSON: a pure function of the batch, so a retry is identical
+        (``content``/``recipients``: one group of a personalised batch)."""
+        content = batch.content if content is None else content
+        msgtype = str(content["msgtype"])
         body: dict[str, Any] = {
-            "touser": "|".join(batch.recipients),
+            "touser": "|".join(batch.recipients if recipients is None else recipients),
             "msgtype": msgtype,
             "agentid": self.agentid,
-            msgtype: dict(batch.content[msgtype]),
+            msgtype: dict(content[msgtype]),
             "enable_duplicate_check": 1,
             "duplicate_check_interval": self.rules["duplicate_check_interval_seconds"],
         }
         for flag in ("safe", "enable_id_trans"):
-            if batch.content.get(flag):
-                body[flag] = int(batch.content[flag])
+            if content.get(flag):
+                body[flag] = int(content[flag])
         return body
 
     async def send_batch(self, batch: OutboundBatch) -> BatchOutcome:
+        """One message/send; a personalised batch sends one per distinct rendered content
+        (``touser`` = that group's members), one after the other. A failing call stops the
+        batch there: the groups already accepted stay sent (their msgid per recipient)."""
+        groups = batch.groups()
+        msg_ids: dict[str, str] = {}
+        failures: dict[str, PlatformError] = {}
+        first_msgid: str | None = None
+        for content, members in groups:
+            part = await self._send_one(batch, content, members)
+            if not part.accepted:
+                return BatchOutcome(
+                    accepted=False,
+                    error=part.error,
+                    in_doubt=part.in_doubt,
+                    recipient_msg_ids=msg_ids,
+                    recipient_failures=failures,
+                )
+            failures.update(part.recipient_failures)
+            first_msgid = first_msgid or part.platform_msg_id
+            if batch.personal is not None and part.platform_msg_id:
+                msg_ids.update(
+                    (m, part.platform_msg_id) for m in members if m not in part.recipient_failures
+                )
+        return BatchOutcome(
+            accepted=True,
+            done=True,
+            platform_msg_id=first_msgid,
+            recipient_msg_ids=msg_ids,
+            recipient_failures=failures,
+        )
+
+    async def _send_one(
+        self, batch: OutboundBatch, content: Mapping[str, Any], members: Sequence[str]
+    ) -> BatchOutcome:
         try:
             await self.api.api_limit("message/send")
-            data = await self.api.call("POST", "message/send", self.request_body(batch))
+            body = self.request_body(batch, content, members)
+            data = await self.api.call("POST", "message/send", body)
         except TransportError as exc:
             error = PlatformError("transport", str(exc), ErrorClass.RETRYABLE)
             return BatchOutcome(accepted=False, error=error, in_doubt=exc.in_doubt)
@@ -139,7 +182,7 @@ class WecomApp(Channel):
                 accepted=False, error=self.classify(code, str(data.get("errmsg", "")))
             )
         # invaliduser is lower-cased by the platform: map it back to the ids we sent.
-        by_lower = {r.lower(): r for r in batch.recipients}
+        by_lower = {r.lower(): r for r in members}
         failures: dict[str, PlatformError] = {}
         for field, why in (("invaliduser", "not a member or outside the app's visible range"),
                            ("unlicenseduser", "member has no basic API licence")):  # fmt: skip

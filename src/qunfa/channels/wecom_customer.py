@@ -311,11 +311,20 @@ class WecomCustomer(Channel):
         return [str(u) for u in data.get("follow_user") or []]
 
     async def customers(self, userids: Sequence[str]) -> AsyncIterator[list[dict[str, Any]]]:
-        """Pages of the members' customers (batch/get_by_user), flattened for the sync:
-        external_userid, name, unionid, type, userid (the member), remark, tag_ids."""
+        """Pages of the members' customers, flattened for the sync (see :meth:`customer_pages`)."""
+        async for page, _ in self.customer_pages(userids):
+            yield page
+
+    async def customer_pages(
+        self, userids: Sequence[str], start: tuple[int, str] = (0, "")
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], tuple[int, str]]]:
+        """Pages of the members' customers (``batch/get_by_user``, ≤ 100 userids a call), each
+        flattened to external_userid, name, unionid, type, userid (the member), remark, tag_ids
+        and paired with the position that continues after it: (index of the first userid of
+        the chunk, cursor). A resumable sync persists that position and passes it back."""
         step = self.rules["contacts_page_max"]
-        for i in range(0, len(userids), step):
-            cursor = ""
+        first, cursor = start
+        for i in range(first - first % step, len(userids), step):
             while True:
                 body = {"userid_list": list(userids[i : i + step]), "cursor": cursor,
                         "limit": step}  # fmt: skip
@@ -330,11 +339,42 @@ class WecomCustomer(Channel):
                          "remark": follow.get("remark", ""),
                          "tag_ids": list(follow.get("tag_id") or [])}
                     )  # fmt: skip
-                if page:
-                    yield page
                 cursor = str(data.get("next_cursor") or "")
+                nxt = (i, cursor) if cursor else (i + step, "")
+                if page:
+                    yield page, nxt
                 if not cursor:
                     break
+
+    async def follow_user_of(self, external_userid: str) -> list[str]:
+        """The members who have this customer as a friend (``externalcontact/get``)."""
+        data = await self.api.call_ok(
+            "GET", "externalcontact/get", params={"external_userid": external_userid}
+        )
+        return [str(f.get("userid")) for f in data.get("follow_user") or []]
+
+    async def add_corp_tag(
+        self, names: Sequence[str], *, group_id: str | None = None, group_name: str | None = None
+    ) -> dict[str, Any]:
+        """``add_corp_tag``: new tags in a group (by id, or by name: created when new)."""
+        body: dict[str, Any] = {"tag": [{"name": n} for n in names]}
+        if group_id:
+            body["group_id"] = group_id
+        else:
+            body["group_name"] = group_name
+        data = await self.api.call_ok("POST", "externalcontact/add_corp_tag", body)
+        group: dict[str, Any] = data["tag_group"]
+        return group
+
+    async def edit_corp_tag(self, ident: str, name: str) -> None:
+        body = {"id": ident, "name": name}
+        await self.api.call_ok("POST", "externalcontact/edit_corp_tag", body)
+
+    async def del_corp_tag(
+        self, tag_ids: Sequence[str] = (), group_ids: Sequence[str] = ()
+    ) -> None:
+        body = {"tag_id": list(tag_ids), "group_id": list(group_ids)}
+        await self.api.call_ok("POST", "externalcontact/del_corp_tag", body)
 
     async def corp_tags(self) -> list[dict[str, Any]]:
         """Corp tag groups with their tags (get_corp_tag_list, everything)."""

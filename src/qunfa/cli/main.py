@@ -16,7 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from qunfa.bootstrap import Container
+from qunfa.cli.advise import advise_app
+from qunfa.cli.common import fail
+from qunfa.cli.consent import consent_app, suppress_app
+from qunfa.cli.contacts import contacts_app
 from qunfa.cli.personal import personal_app
+from qunfa.cli.review import AsUser, default_actor, review_app
+from qunfa.cli.segments import segments_app
 from qunfa.services.accounts import AccountError
 from qunfa.services.campaigns import CampaignError
 
@@ -27,13 +33,24 @@ accounts_app = typer.Typer(help="Platform accounts.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Campaigns.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(campaign_app, name="campaign")
-contacts_app = typer.Typer(help="Contacts and their recipient ids.", no_args_is_help=True)
+campaign_app.add_typer(review_app)  # check, submit, approve, reject, schedule, edit (cli/review.py)
+campaign_app.add_typer(__import__("qunfa.cli.timing").cli.timing.timing_app)  # runs, sto-report
+campaign_app.add_typer(__import__("qunfa.cli.plan").cli.plan.plan_app)  # plan [--dry-run]
+app.add_typer(__import__("qunfa.cli.plan").cli.plan.quota_app, name="quota")  # docs/quotas.md
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(personal_app, name="personal", help="Personal WeChat: prepared batches, marks.")
+app.add_typer(consent_app, name="consent")
+app.add_typer(suppress_app, name="suppress")
 keys_app = typer.Typer(help="Encryption keys (PII and secrets at rest).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 rules_app = typer.Typer(help="Platform rules (limits as data, with sources).", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+app.add_typer(advise_app, name="advise")  # qunfa advise --audience N …
+app.add_typer(segments_app, name="segments")
+app.add_typer(__import__("qunfa.cli.materials").cli.materials.materials_app, name="materials")
+app.add_typer(__import__("qunfa.cli.tags").cli.tags.tags_app, name="tags")
+app.add_typer(__import__("qunfa.cli.behaviour").cli.behaviour.events_app, name="events")
+app.add_typer(__import__("qunfa.cli.behaviour").cli.behaviour.facts_app, name="facts")
 console = Console()
 err = Console(stderr=True)
 
@@ -42,11 +59,6 @@ def container() -> Container:
     c = Container()
     logging.basicConfig(level=c.settings.log_level, format="%(asctime)s %(name)s %(message)s")
     return c
-
-
-def fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(2)
 
 
 @contextmanager
@@ -213,13 +225,20 @@ def check(
     text: Annotated[str | None, typer.Argument(help="the message (or --file)")] = None,
     channel: Annotated[str, typer.Option(help="channel whose policy applies")] = "wechat_oa",
     file: Annotated[Path | None, typer.Option(help="read the message from a file")] = None,
+    var: Annotated[
+        list[str] | None, typer.Option("--var", help="a campaign variable the text may use")
+    ] = None,
+    sign_name: Annotated[str, typer.Option(help="SMS signature, counted in the length")] = "",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check a message before sending: rule, where, matched text and how to fix it.
+    """Check a message before sending: compliance, channel lint and template variables.
 
-    Exits 1 when the channel's verdict is block or review, so scripts can gate on it.
+    Exits 1 when the verdict is block or review (a hard limit or an unknown variable blocks
+    too), so scripts can gate on it.
     """
+    from qunfa.cli.materials import render_content_check
     from qunfa.compliance import default_checker, render
+    from qunfa.content.check import check_message, combine, text_content
 
     if file is not None:
         text = file.read_text(encoding="utf-8")
@@ -227,13 +246,20 @@ def check(
         raise fail("give the message as an argument or with --file")
     try:
         report = default_checker().check(text, channel)
+        content = check_message(
+            text_content(text, channel), channel, variables=var or (), sign_name=sign_name
+        )
     except (KeyError, ValueError) as exc:
         raise fail(str(exc)) from None
+    verdict = combine(report.verdict, content)
     if as_json:
-        print(report.to_json())
+        out = report.to_dict() | content.to_dict()
+        out |= {"verdict": verdict, "compliance_verdict": report.verdict}
+        print(json.dumps(out, ensure_ascii=False))
     else:
         console.print(render(report, text))
-    if not report.passed:
+        console.print(render_content_check(content, verdict))
+    if verdict not in ("pass", "pass_with_warnings"):
         raise typer.Exit(1)
 
 
@@ -283,33 +309,6 @@ def rules_show(
         console.print(table)
 
 
-# -- contacts -------------------------------------------------------------------------------------
-@contacts_app.command("import")
-def contacts_import(
-    file: Annotated[Path, typer.Argument(help="CSV file with a header line")],
-    account: Annotated[str, typer.Option(help="account id or app id the ids belong to")],
-    column: Annotated[
-        str | None, typer.Option(help="column holding the ids (default: the kind's name)")
-    ] = None,
-) -> None:
-    """Import recipient ids (phones, e-mails, userids …) for a channel without a list API."""
-    from qunfa.services.contacts import ImportError_
-
-    c = container()
-    c.migrate()
-    try:
-        with progress_bar() as bar:
-            r = c.contacts.import_csv(account, file, column, bar)
-    except (ImportError_, AccountError) as exc:
-        raise fail(str(exc)) from None
-    console.print(
-        f"{r.rows:,} rows: {r.imported:,} imported ({r.new:,} new), {r.rejected:,} rejected "
-        f"in {r.seconds:.1f}s"
-    )
-    if r.errors_file:
-        console.print(f"rejected rows (row, column, reason): {r.errors_file}")
-
-
 # -- campaigns ------------------------------------------------------------------------------------
 def _content(
     channel: str,
@@ -355,8 +354,9 @@ def campaign_create(
     remind_every: Annotated[
         float | None, typer.Option(help="WeCom: hours between reminders to staff who have not sent")
     ] = None,
+    actor: AsUser = None,
 ) -> None:
-    """Create a draft campaign."""
+    """Create a draft campaign (--as: its author, who may not approve it)."""
     c = container()
     c.migrate()
     content = _content(channel, text, mpnews, template, field or [], url)
@@ -369,6 +369,7 @@ def campaign_create(
             content=content,
             as_list=as_list,
             options={"remind_every_hours": remind_every} if remind_every else None,
+            created_by=actor or default_actor(),
         )
     except (CampaignError, AccountError, ValueError) as exc:
         raise fail(str(exc)) from None
@@ -382,13 +383,14 @@ def campaign_send(
     campaign_id: int,
     wait: Annotated[bool, typer.Option(help="Run a worker here and wait until it is done")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 3600.0,
+    actor: AsUser = None,
 ) -> None:
-    """Plan the campaign and queue its batches (resumes a paused one)."""
+    """Check (if needed), plan the campaign and queue its batches (resumes a paused one)."""
     c = container()
     c.migrate()
     try:
         with progress_bar() as bar:
-            report = c.campaigns.start(campaign_id, bar)
+            report = c.campaigns.start(campaign_id, bar, actor=actor or default_actor())
     except CampaignError as exc:
         raise fail(str(exc)) from None
     if report:
@@ -463,6 +465,25 @@ def campaign_senders(
     )
     for r in pending:
         console.print(f"  batch {r.batch_no}: [yellow]{r.userid}[/] has not sent")
+
+
+@campaign_app.command("preview")
+def campaign_preview(
+    campaign_id: int,
+    contact: Annotated[int, typer.Option(help="contact id")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The campaign's content as one contact would receive it (templates rendered)."""
+    from qunfa.cli.materials import print_preview
+    from qunfa.services.materials import MaterialError
+
+    c = container()
+    c.migrate()
+    try:
+        out = c.materials.preview(campaign_id, contact)
+    except MaterialError as exc:
+        raise fail(str(exc)) from None
+    print_preview(out, as_json)
 
 
 @campaign_app.command("cancel")

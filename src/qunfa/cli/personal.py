@@ -19,6 +19,7 @@ from rich.panel import Panel
 
 from qunfa.bootstrap import Container
 from qunfa.channels.wechat_oa import CHINA
+from qunfa.cli.common import fail as _fail
 from qunfa.services.accounts import AccountError
 from qunfa.services.personal import PersonalError, PersonalService
 
@@ -41,11 +42,6 @@ def _service() -> PersonalService:
     logging.basicConfig(level=c.settings.log_level, format="%(asctime)s %(name)s %(message)s")
     c.migrate()
     return PersonalService(c)
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(2)
 
 
 @personal_app.command("batches")

@@ -74,8 +74,12 @@ class Matcher:
                     if kind == "pinyin":
                         add(Pattern(text, None, kind, False))
         self.patterns: list[Pattern] = list(by_text.values())
+        # A DFA: about twice the default's matching speed on 70-character messages for a
+        # one-off build of ~0.5 s and ~78 MB (the default NFA: ~3 MB) with 25,000 patterns.
         self.automaton = ahocorasick_rs.AhoCorasick(
-            [p.text for p in self.patterns], matchkind=ahocorasick_rs.MatchKind.LeftmostLongest
+            [p.text for p in self.patterns],
+            matchkind=ahocorasick_rs.MatchKind.LeftmostLongest,
+            implementation=ahocorasick_rs.Implementation.DFA,
         )
         self.find_raw = self.automaton.find_matches_as_indexes
 

@@ -18,9 +18,11 @@ composing sequences (a decomposed ``e`` + U+0301 becomes ``e``, not ``é``) whic
 here; phrase-level OpenCC conversions (a handful of context-dependent characters) are not applied,
 see ``docs/compliance.md``. Lexicon patterns go through the same function, so both sides agree.
 
-:func:`normalize_text` is the hot path (a regex deletion of separators plus a ``str.translate``
-only when a character needs mapping); :func:`normalize` also returns the offset map and is used
-only for messages that matched something.
+:func:`normalize_text` is the hot path: one regex test for a *special* character (one whose lower
+case is not already its normalised form, ``Σ``, or astral); without one, the runs between
+separators joined and lower-cased ARE the normalised text; with one, the per-character
+``str.translate``. :func:`normalize` also returns the offset map (built from the same runs in the
+common case) and is used only for messages that matched something.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class _Tables:
     separators: re.Pattern[str]  # runs of BMP characters that normalise to nothing
     needs_mapping: re.Pattern[str]  # a BMP character that normalises to something else
     slow: re.Pattern[str]  # astral characters, or ones where str.lower() disagrees with the table
+    special: re.Pattern[str]  # any character for which "drop separators, lower()" is not enough
+    kept: re.Pattern[str]  # runs of characters that are not BMP separators (the complement)
 
 
 def _is_separator(ch: str) -> bool:
@@ -169,33 +173,86 @@ def _tables() -> _Tables:
         if c.lower() != c and "".join(chars.get(x, x) for x in c.lower()) != chars.get(c, c)
     )
     slow = "[" + _ranges(unsafe)[1:-1] + "\\U00010000-\\U0010ffff]"
+    # One test instead of two on the hot path: a kept (non-separator) BMP character whose
+    # lower-case form is not already its normalised form (full-width, traditional, homoglyphs,
+    # 'İ' whose lower case carries a combining dot …), plus 'Σ' (the only context-dependent
+    # lower-casing: final sigma), plus astral characters. Without any, separators out + lower()
+    # IS the normalised text.
+    special = sorted(
+        {0x3A3}
+        | {
+            ord(c)
+            for c in map(chr, range(0x10000))
+            if chars.get(c) != "" and c.lower() != chars.get(c, c)
+        }
+    )
     return _Tables(
         chars=chars,
         translate=translate,
         separators=re.compile(_char_class(seps) + "+"),
+        kept=re.compile("[^" + _char_class(seps)[1:] + "+"),
         needs_mapping=re.compile(_char_class(needs)),
         slow=re.compile(slow),
+        special=re.compile("[" + _ranges(special)[1:-1] + "\\U00010000-\\U0010ffff]"),
     )
+
+
+def tables() -> _Tables:
+    """The per-character tables (built on first use); the engine binds their regexes."""
+    return _TABLES or _tables()
+
+
+_TABLES: _Tables | None = None  # set by warm_up(): the hot path skips the cache wrapper
 
 
 def warm_up() -> None:
     """Build the per-character tables now (about a second, once per process)."""
-    _tables()
+    global _TABLES
+    _TABLES = _tables()
 
 
 def normalize_text(text: str) -> str:
     """The normalised text alone: the hot path (no offset map)."""
-    t = _tables()
-    if t.slow.search(text) is not None:
+    t = _TABLES or _tables()
+    if t.special.search(text) is not None:  # rare: full-width, traditional, look-alikes …
         return text.translate(t.translate)
-    s = t.separators.sub("", text).lower()
-    if t.needs_mapping.search(s) is not None:
-        s = s.translate(t.translate)
-    return s
+    # Joining the runs between separators (findall of the complement class) is measurably
+    # cheaper than sub("") or split (bench/compliance.py: 0.84 vs 1.47 / 1.23 µs a message).
+    return "".join(t.kept.findall(text)).lower()
 
 
 def normalize(text: str) -> Normalized:
-    """The normalised text and its offset map back to ``text``."""
+    """The normalised text and its offset map back to ``text``.
+
+    Common case first: no astral or case-unsafe character, no character that maps to something
+    else after lower-casing, and ``str.lower`` keeps the length. Then every kept character maps
+    1:1 and the offset map is the kept runs between separator runs (``list.extend(range)``,
+    C speed); this is what a flagged ordinary message pays. Anything else takes the reference
+    per-character loop.
+    """
+    t = _TABLES or _tables()
+    if t.special.search(text) is None:
+        origin: list[int] = []
+        kept: list[str] = []
+        prev = 0
+        for m in t.separators.finditer(text):
+            a = m.start()
+            if a > prev:
+                origin.extend(range(prev, a))
+                kept.append(text[prev:a])
+            prev = m.end()
+        if prev < len(text):
+            origin.extend(range(prev, len(text)))
+            kept.append(text[prev:])
+        stripped = "".join(kept)
+        lowered = stripped.lower()
+        if len(lowered) == len(stripped):
+            return Normalized(lowered, origin)
+    return _normalize_reference(text)
+
+
+def _normalize_reference(text: str) -> Normalized:
+    """:func:`normalize` one character at a time through the table (the reference)."""
     chars = _tables().chars
     out: list[str] = []
     origin: list[int] = []

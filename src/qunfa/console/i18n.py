@@ -27,6 +27,13 @@ STRINGS: dict[str, dict[str, str]] = {
         "done": "已完成",
         "failed_state": "失败",
         "cancelled": "已取消",
+        "review": "审核",
+        "review_none": "无需/未提交",
+        "review_submitted": "待审核",
+        "review_approved": "已通过",
+        "review_rejected": "已驳回",
+        "skipped": "已跳过 (退订/屏蔽)",
+        "by": "审核人",
     },
     "en": {
         "title": "qunfa · campaigns",
@@ -52,6 +59,13 @@ STRINGS: dict[str, dict[str, str]] = {
         "done": "done",
         "failed_state": "failed",
         "cancelled": "cancelled",
+        "review": "Review",
+        "review_none": "not needed / not submitted",
+        "review_submitted": "awaiting review",
+        "review_approved": "approved",
+        "review_rejected": "rejected",
+        "skipped": "Skipped (opted out / suppressed)",
+        "by": "by",
     },
 }
 STATE_KEY = {"planned": "planned_state", "failed": "failed_state"}

@@ -1,4 +1,4 @@
-"""Console pages. Read-only in the walking skeleton: the campaign list with live counts."""
+"""Console pages. Read-only so far: the campaign list with live counts and review state."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def _row(status: dict[str, Any], t: dict[str, str]) -> dict[str, Any]:
         "sent": d.get("sent", 0),
         "failed": d.get("failed", 0),
         "unknown": d.get("unknown", 0),
+        "skipped": d.get("skipped", 0),
+        "review_label": t.get(f"review_{status['review']['state']}", status["review"]["state"]),
         "pct": round(100 * done / planned),
     }
 

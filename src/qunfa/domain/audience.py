@@ -1,14 +1,22 @@
-"""Audience expressions of the walking skeleton: everyone, one tag, or an explicit list.
+"""Audience expressions: who a campaign addresses on its account.
 
 ``all`` · ``tag:<name>`` · ``openids:<comma-separated>`` (``ids:`` is the same for any
-channel's recipient ids). The full segment language arrives
-with the audience work; this parser keeps the same entry point.
+channel's recipient ids) · ``segment:<saved segment name>`` · ``expr:<segment expression>``
+(the segment language, ``docs/segments.md``; e.g. ``expr:tag("VIP") and city == "上海"``).
+
+Segment audiences are evaluated set-based by the planner; the Official Account sends them as
+openid lists. ``expr:`` is parsed here, so a bad expression is refused with its column.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from qunfa.domain.segments import SegmentError, parse_segment
+
+AudienceKind = Literal["all", "tag", "openids", "segment", "expr"]
+FORMS = "'all', 'tag:<name>', 'openids:a,b,…', 'segment:<saved name>' or 'expr:<expression>'"
 
 
 class AudienceError(ValueError):
@@ -17,28 +25,37 @@ class AudienceError(ValueError):
 
 @dataclass(frozen=True)
 class Audience:
-    kind: Literal["all", "tag", "openids"]
+    kind: AudienceKind
     tag: str | None = None
     openids: tuple[str, ...] = ()
+    segment: str | None = None  # saved segment name (segment:)
+    expression: str | None = None  # segment expression text (expr:)
+
+    @property
+    def is_segment(self) -> bool:
+        """Evaluated by the segment compiler (``segment:`` or ``expr:``)."""
+        return self.kind in ("segment", "expr")
 
     def __str__(self) -> str:
         if self.kind == "tag":
             return f"tag:{self.tag}"
         if self.kind == "openids":
             return "openids:" + ",".join(self.openids)
+        if self.kind == "segment":
+            return f"segment:{self.segment}"
+        if self.kind == "expr":
+            return f"expr:{self.expression}"
         return "all"
 
 
 def parse_audience(text: str) -> Audience:
-    """Parse an audience expression; errors say what was expected."""
+    """Parse an audience expression; errors say what was expected (and where, for ``expr:``)."""
     raw = text.strip()
     if raw == "all":
         return Audience("all")
     kind, sep, rest = raw.partition(":")
     if not sep:
-        raise AudienceError(
-            f"audience {text!r} is not understood: use 'all', 'tag:<name>' or 'openids:a,b,…'"
-        )
+        raise AudienceError(f"audience {text!r} is not understood: use {FORMS}")
     if kind == "tag":
         if not rest.strip():
             raise AudienceError("audience 'tag:' needs a tag name, e.g. tag:VIP")
@@ -48,4 +65,18 @@ def parse_audience(text: str) -> Audience:
         if not ids:
             raise AudienceError("audience 'openids:' needs at least one openid")
         return Audience("openids", openids=ids)
-    raise AudienceError(f"unknown audience kind {kind!r}: use 'all', 'tag:' or 'openids:'")
+    if kind == "segment":
+        if not rest.strip():
+            raise AudienceError(
+                "audience 'segment:' needs a saved segment's name, e.g. segment:活跃VIP"
+            )
+        return Audience("segment", segment=rest.strip())
+    if kind == "expr":
+        expression = rest.strip()
+        try:
+            parse_segment(expression)
+        except SegmentError as exc:
+            # The column counts in the expression (after 'expr:'); str() shows it with a caret.
+            raise AudienceError(f"audience 'expr:' is not a valid segment: {exc}") from exc
+        return Audience("expr", expression=expression)
+    raise AudienceError(f"unknown audience kind {kind!r}: use {FORMS}")

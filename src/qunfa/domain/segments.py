@@ -27,6 +27,7 @@ __all__ = [
     "COMPARE_OPS",
     "DURATION_UNITS",
     "FUNCTIONS",
+    "LAYERS",
     "And",
     "Arg",
     "AttributeSpec",
@@ -81,6 +82,27 @@ class SegmentError(ValueError):
         self.column = column
         self.source = source
         self.path = path
+
+    @property
+    def line_column(self) -> tuple[int, int] | None:
+        """``(line, column)`` of the error in a multi-line source, both 1-based, or None."""
+        if self.column is None or self.source is None:
+            return None
+        offset = self.column - 1
+        line = self.source.count("\n", 0, offset) + 1
+        return line, offset - (self.source.rfind("\n", 0, offset) + 1) + 1
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready description (the API's error body): message, line, column, path."""
+        lc = self.line_column
+        return {
+            "message": self.message,
+            "line": lc[0] if lc else None,
+            "column": lc[1] if lc else self.column,
+            "offset": self.column,
+            "path": self.path,
+            "text": str(self),
+        }
 
     def __str__(self) -> str:
         if self.path is not None:
@@ -184,9 +206,20 @@ class FunctionSpec:
     name: str
     params: tuple[tuple[str, ValueType], ...]  # (name, type)
     doc: str
+    # Closed vocabularies for string parameters, by parameter name: layer("silent") is checked
+    # when the segment is read, with the column, instead of matching nobody at run time.
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def signature(self) -> str:
         return f"{self.name}({', '.join(f'{t} {n}' for n, t in self.params)})"
+
+    def choices_for(self, param: str) -> tuple[str, ...] | None:
+        return dict(self.choices).get(param)
+
+
+# The built-in layers of ``layer(name)``; their SQL meaning is in storage/segment_sql.py and
+# docs/segments.md (new, silent, high_value from facts and registration; ios/android by device).
+LAYERS = ("new", "silent", "high_value", "ios", "android")
 
 
 @dataclass(frozen=True)
@@ -216,6 +249,17 @@ FUNCTIONS: dict[str, FunctionSpec] = {
             (("kind", "str"),),
             "the person has a subscribed identity of the kind (openid, phone, email, …)",
         ),
+        FunctionSpec(
+            "said",
+            (("text", "str"), ("period", "duration")),
+            "the person sent a message containing the text within the period",
+        ),
+        FunctionSpec(
+            "layer",
+            (("name", "str"),),
+            "the person is in a built-in layer: " + " | ".join(LAYERS),
+            choices=(("name", LAYERS),),
+        ),
     )
 }
 
@@ -229,6 +273,7 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
         AttributeSpec("age", "int", "age in whole years"),
         AttributeSpec("spend_3m", "number", "spend over the last three months (yuan)"),
         AttributeSpec("rfm_segment", "str", "RFM layer, e.g. high_value, silent, new"),
+        AttributeSpec("interactions_7d", "int", "interactions over the last seven days"),
     )
 }
 
@@ -322,6 +367,13 @@ def _check_arg(spec: FunctionSpec, i: int, arg: object, where: _Where, col: int)
         )
     if isinstance(arg, Duration) and arg.amount <= 0:
         raise where.error(f"duration {arg} must be positive", col)
+    allowed = spec.choices_for(pname)
+    if allowed is not None and arg not in allowed:
+        raise where.error(
+            f"argument '{pname}' of {spec.signature()} must be one of "
+            f"{', '.join(repr(a) for a in allowed)}; {_suggest(str(arg), allowed)}got {arg!r}",
+            col,
+        )
 
 
 def _check_attr(name: str, where: _Where, col: int) -> AttributeSpec:

@@ -113,3 +113,6 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
     SUPPRESSED = "suppressed"
     UNKNOWN = "unknown"
+    # Never sent by qunfa's own decision before the call; the reason says why (suppressed,
+    # opted_out: docs/consent.md).
+    SKIPPED = "skipped"

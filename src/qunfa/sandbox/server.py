@@ -22,7 +22,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from qunfa.sandbox import admin, callbacks, ledger, twins
+from qunfa.sandbox import admin, callbacks, calls, ledger, twins
 from qunfa.sandbox.faults import FAULTS, FaultInjector, fault_middleware
 from qunfa.sandbox.state import STATE, State
 
@@ -60,7 +60,8 @@ async def job_loop(state: State, poster: callbacks.CallbackPoster) -> None:
 def create_app(state_path: Path, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The sandbox as an aiohttp application over the SQLite file ``state_path``."""
     app = web.Application(
-        middlewares=[admin.bad_request, fault_middleware], client_max_size=64 * 1024**2
+        middlewares=[admin.bad_request, calls.call_middleware, fault_middleware],
+        client_max_size=64 * 1024**2,
     )
     state = State(Path(state_path), schemas(), clock)
     poster = callbacks.CallbackPoster(state)
@@ -80,6 +81,7 @@ def create_app(state_path: Path, *, clock: Callable[[], float] = time.time) -> w
 
     app.cleanup_ctx.append(lifecycle)
     admin.add_routes(app)
+    calls.add_routes(app)
     for twin in twins.discover():
         if hasattr(twin, "add_routes"):
             twin.add_routes(app)

@@ -36,7 +36,14 @@ from qunfa.rules import RuleSet
 from qunfa.rules import load as load_rules
 from qunfa.sandbox import ledger
 from qunfa.sandbox.faults import ERROR_BODIES
-from qunfa.sandbox.sms_tencent import enqueue_push, fails, sms_account_spec
+from qunfa.sandbox.sms_tencent import (
+    enqueue_push,
+    fails,
+    queue_reply,
+    reply_phone,
+    set_reply_url,
+    sms_account_spec,
+)
 from qunfa.sandbox.state import SHANGHAI, STATE, State
 
 TWIN = "sms_aliyun"  # url prefix; discovered by qunfa.sandbox.twins
@@ -53,6 +60,11 @@ CREATE TABLE IF NOT EXISTS smsa_msgs (
     biz_id TEXT NOT NULL, phone TEXT NOT NULL, akid TEXT NOT NULL, out_id TEXT NOT NULL,
     capped INTEGER NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL, due_at REAL NOT NULL,
     PRIMARY KEY (biz_id, phone)
+);
+-- The text each number received (【sign】 + the template with ITS parameter object): what a
+-- personalised SendBatchSms put in whose phone. A side table, so older sandbox files still work.
+CREATE TABLE IF NOT EXISTS smsa_texts (
+    biz_id TEXT NOT NULL, phone TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY (biz_id, phone)
 );
 CREATE INDEX IF NOT EXISTS smsa_msgs_phone ON smsa_msgs(akid, phone, created_at);
 CREATE INDEX IF NOT EXISTS smsa_msgs_due ON smsa_msgs(status, due_at);
@@ -100,6 +112,7 @@ def create_account(state: State, spec: dict[str, Any]) -> dict[str, Any]:
              float(spec.get("fail_rate", 0.0)), float(spec.get("receipt_delay_seconds", 1.0)),
              json.dumps(overrides)),
         )  # fmt: skip
+        set_reply_url(db, TWIN, akid, str(spec.get("reply_url") or ""))
     return {"access_key_id": akid, "templates": sorted(templates)}
 
 
@@ -193,7 +206,16 @@ def send(state: State, row: tuple[Any, ...], params: dict[str, str]) -> dict[str
             raise AliError("isv.TEMPLATE_MISSING_PARAMETERS", f"missing ${{{absent[0]}}}")
     now, biz = state.now(), f"{secrets.randbelow(9 * 10**17) + 10**17}^0"
     cap, day, out_id = rules["per_number_daily"], state.day_start(), params.get("OutId", "")
+    texts: dict[str, str] = {}
+    for i, phone in enumerate(phones):
+        own: dict[str, Any] = values[i] if i < len(values) and isinstance(values[i], dict) else {}
+        body = _VAR.sub(lambda m: str(own.get(m.group(1), "")), template)  # noqa: B023
+        texts.setdefault(phone, f"【{sign_name}】{body}")
     with state.tx() as db:
+        db.executemany(
+            "INSERT OR IGNORE INTO smsa_texts VALUES (?,?,?)",
+            ((biz, phone, text) for phone, text in texts.items()),
+        )
         for phone in dict.fromkeys(phones):
             used = db.execute(
                 "SELECT count(*) FROM smsa_msgs WHERE akid = ? AND phone = ? AND capped = 0"
@@ -267,12 +289,51 @@ def complete_due(state: State, limit: int = 1000) -> int:
     return len(rows)
 
 
+async def admin_messages(request: web.Request) -> web.Response:
+    """``GET /_sandbox/sms_aliyun/messages?account=<AccessKeyId>``: each number's message and
+    the text it received."""
+    akid = request.query.get("account")
+    where, args = ("WHERE m.akid = ?", (akid,)) if akid else ("", ())
+    rows = (
+        request.app[STATE]
+        .db.execute(
+            "SELECT m.biz_id, m.phone, m.akid, m.out_id, m.status, t.text FROM smsa_msgs m"
+            f" LEFT JOIN smsa_texts t ON t.biz_id = m.biz_id AND t.phone = m.phone {where}"
+            " ORDER BY m.created_at",
+            args,
+        )
+        .fetchall()
+    )
+    keys = ("biz_id", "phone", "account", "out_id", "status", "text")
+    return _json({"messages": [dict(zip(keys, r, strict=True)) for r in rows]})
+
+
 async def admin_create(request: web.Request) -> web.Response:
     raw = await request.read()
     return _json(create_account(request.app[STATE], json.loads(raw) if raw.strip() else {}))
 
 
+async def admin_reply(request: web.Request) -> web.Response:
+    """``POST /_sandbox/sms_aliyun/accounts/{akid}/reply {"phone", "text", "dest_code"?}``: the
+    user replied; push Aliyun's SmsUp message (a JSON array, like the SmsReport pushes)."""
+    state, akid = request.app[STATE], request.match_info["akid"]
+    spec = json.loads(await request.read() or b"{}")
+    row = state.db.execute(
+        "SELECT sign_name FROM smsa_accounts WHERE access_key_id = ?", (akid,)
+    ).fetchone()
+    if row is None:
+        return _json(error_body("InvalidAccessKeyId.NotFound", f"no account {akid}"), 404)
+    now = state.now()
+    stamp = datetime.fromtimestamp(now, SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+    body = [{"phone_number": reply_phone(spec["phone"]), "content": str(spec["text"]),
+             "sign_name": row[0], "dest_code": str(spec.get("dest_code") or ""),
+             "sequence_id": int(now * 1000), "send_time": stamp}]  # fmt: skip
+    return _json(queue_reply(state, TWIN, akid, body))
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_post(f"/_sandbox/{TWIN}/accounts/{{akid}}/reply", admin_reply)
     app.router.add_get(f"{PREFIX}/", handle)
     app.router.add_post(f"{PREFIX}/", handle)
     app.router.add_post(f"/_sandbox/{TWIN}/accounts", admin_create)
+    app.router.add_get(f"/_sandbox/{TWIN}/messages", admin_messages)

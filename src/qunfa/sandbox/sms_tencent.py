@@ -61,6 +61,9 @@ CREATE TABLE IF NOT EXISTS smst_msgs (
     template_id TEXT NOT NULL, session_context TEXT NOT NULL, fee INTEGER NOT NULL,
     status TEXT NOT NULL, created_at REAL NOT NULL, due_at REAL NOT NULL
 );
+-- The text each number received (sign + rendered template): what a personalised send put in
+-- whose phone. A side table, so a sandbox database from before it keeps working.
+CREATE TABLE IF NOT EXISTS smst_texts (sid TEXT PRIMARY KEY, text TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS smst_msgs_phone ON smst_msgs(sdk_app_id, phone, created_at);
 CREATE INDEX IF NOT EXISTS smst_msgs_due ON smst_msgs(status, due_at);
 CREATE TABLE IF NOT EXISTS json_push (
@@ -69,6 +72,9 @@ CREATE TABLE IF NOT EXISTS json_push (
     next_at REAL NOT NULL, last_http_status INTEGER, last_error TEXT, created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS json_push_due ON json_push(status, next_at);
+CREATE TABLE IF NOT EXISTS sms_reply_urls (
+    twin TEXT NOT NULL, account TEXT NOT NULL, url TEXT NOT NULL, PRIMARY KEY (twin, account)
+);
 """
 _PHONE = re.compile(r"^(?:\+86|0086|86)?(1[3-9]\d{9})$")
 _PLACEHOLDER = re.compile(r"\{(\d+)\}")
@@ -130,6 +136,7 @@ def create_account(state: State, spec: dict[str, Any]) -> dict[str, Any]:
              float(spec.get("fail_rate", 0.0)), float(spec.get("receipt_delay_seconds", 1.0)),
              json.dumps(overrides)),
         )  # fmt: skip
+        set_reply_url(db, TWIN, app, str(spec.get("reply_url") or ""))
     return {"sdk_app_id": app, "templates": sorted(templates)}
 
 
@@ -233,6 +240,7 @@ def send(state: State, row: tuple[Any, ...], req: dict[str, Any]) -> list[dict[s
                 "INSERT INTO smst_msgs VALUES (?,?,?,?,?,?,'sending',?,?)",
                 (sid, app, phone, str(req["TemplateId"]), context, fee, now, now + delay),
             )
+            db.execute("INSERT INTO smst_texts VALUES (?,?)", (sid, text))
             ledger.record(db, CHANNEL, app, sid, [phone], now)
             out.append({**item, "PhoneNumber": phone, "SerialNo": sid, "Fee": fee, "Code": "Ok",
                         "Message": "send success"})  # fmt: skip
@@ -293,12 +301,13 @@ def complete_due(state: State, limit: int = 1000) -> int:
 
 
 def receipts(state: State, app: str | None) -> list[dict[str, Any]]:
-    where, params = ("WHERE sdk_app_id = ?", (app,)) if app else ("", ())
+    where, params = ("WHERE m.sdk_app_id = ?", (app,)) if app else ("", ())
     state.db.row_factory = sqlite3.Row
     try:
         rows = state.db.execute(
-            f"SELECT sid, sdk_app_id, phone, status, fee, session_context FROM smst_msgs {where}"
-            " ORDER BY created_at",
+            "SELECT m.sid, m.sdk_app_id, m.phone, m.status, m.fee, m.session_context, t.text"
+            f" FROM smst_msgs m LEFT JOIN smst_texts t ON t.sid = m.sid {where}"
+            " ORDER BY m.created_at",
             params,
         ).fetchall()
     finally:
@@ -412,7 +421,49 @@ async def _stop_pushes(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# -- replies (上行短信): "the user replied X", pushed like receipts (shared with sms_aliyun) ----
+def set_reply_url(db: sqlite3.Connection, twin: str, account: str, url: str) -> None:
+    """Where an account's replies are pushed (its 回复回调 / SmsUp URL); empty: kept only."""
+    db.execute("INSERT OR REPLACE INTO sms_reply_urls VALUES (?,?,?)", (twin, account, url))
+
+
+def queue_reply(state: State, twin: str, account: str, body: Any) -> dict[str, Any]:
+    """Queue one reply push to the account's reply URL (posted by the JSON outbox)."""
+    row = state.db.execute(
+        "SELECT url FROM sms_reply_urls WHERE twin = ? AND account = ?", (twin, account)
+    ).fetchone()
+    if row is None:
+        raise KeyError(f"no {twin} account {account}")
+    with state.tx() as db:
+        enqueue_push(db, twin, account, row[0], body, state.now())
+    return {"account": account, "pushed_to": row[0], "body": body}
+
+
+def reply_phone(raw: Any) -> str:
+    m = _PHONE.match(str(raw).replace(" ", ""))
+    if m is None:
+        raise ValueError(f"{raw!r} is not a mainland mobile number")
+    return m.group(1)
+
+
+async def admin_reply(request: web.Request) -> web.Response:
+    """``POST /_sandbox/sms_tencent/accounts/{app}/reply {"phone", "text", "extend"?}``: the
+    user replied; push Tencent's 回复短信 callback (one JSON object per reply)."""
+    state, app = request.app[STATE], request.match_info["app"]
+    spec = json.loads(await request.read() or b"{}")
+    row = state.db.execute(
+        "SELECT sign_name FROM smst_accounts WHERE sdk_app_id = ?", (app,)
+    ).fetchone()
+    if row is None:
+        return web.json_response(error_body("InvalidParameter", f"no account {app}"), status=404)
+    body = {"extend": str(spec.get("extend") or ""), "mobile": reply_phone(spec["phone"]),
+            "nationcode": "86", "sign": row[0], "text": str(spec["text"]),
+            "time": int(state.now())}  # fmt: skip
+    return _json(queue_reply(state, TWIN, app, body))
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_post(f"/_sandbox/{TWIN}/accounts/{{app}}/reply", admin_reply)
     app.router.add_post(f"{PREFIX}/", handle)
     app.router.add_post(f"/_sandbox/{TWIN}/accounts", admin_create)
     app.router.add_get(f"/_sandbox/{TWIN}/messages", admin_messages)

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from qunfa.sandbox import callbacks, ledger
+from qunfa.sandbox import media as media_twin
 from qunfa.sandbox.state import STATE, State
 from qunfa.sandbox.wechat_accounts import (
     ALIVE,
@@ -57,7 +58,17 @@ CREATE TABLE IF NOT EXISTS mass_refusals (
     appid TEXT NOT NULL, clientmsgid TEXT NOT NULL, ts REAL NOT NULL, errcode INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS mass_refusals_app ON mass_refusals(appid, clientmsgid, ts);
+CREATE TABLE IF NOT EXISTS mass_protection (
+    appid TEXT PRIMARY KEY, enabled INTEGER NOT NULL, policy TEXT NOT NULL, delay REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mass_confirmations (
+    msg_id INTEGER PRIMARY KEY, appid TEXT NOT NULL, state TEXT NOT NULL,
+    created_at REAL NOT NULL, decide_at REAL, expires_at REAL NOT NULL, decided_at REAL
+);
+CREATE INDEX IF NOT EXISTS mass_confirmations_wait ON mass_confirmations(state, expires_at);
 """
+PROTECTION_POLICIES = ("manual", "confirm", "refuse")
+PROTECTION_STATUS = {"refused": "err(40001)", "expired": "err(40002)"}
 
 
 # -- access tokens (§1.1) -------------------------------------------------------------------------
@@ -144,29 +155,33 @@ def user_get(call: Call, acct: Account) -> dict[str, Any]:
 
 
 def batchget(call: Call, acct: Account) -> dict[str, Any]:
+    """Profiles of ≤ ``batchget_max_per_call`` openids, in request order: one statement for the
+    whole list (follower row, unfollow mark and tag ids per openid), so paging a million
+    followers 100 at a time stays cheap. Any unknown openid refuses the call (40003)."""
     items = call.body.get("user_list")
     if not isinstance(items, list) or not 0 < len(items) <= acct.rules["batchget_max_per_call"]:
         raise ApiError(40032, "invalid openid list size")
+    asked = [str(i.get("openid", "")) if isinstance(i, dict) else "" for i in items]
+    rows = call.state.db.execute(
+        "SELECT j.value, f.openid IS NOT NULL,"
+        " EXISTS (SELECT 1 FROM wx_unfollowed u WHERE u.appid = ?1 AND u.openid = j.value),"
+        " (SELECT json_group_array(tag_id) FROM (SELECT ft.tag_id FROM wx_follower_tags ft"
+        "   WHERE ft.appid = ?1 AND ft.openid = j.value"
+        "   AND ft.tag_id IN (SELECT id FROM wx_tags WHERE appid = ?1) ORDER BY ft.tag_id))"
+        " FROM json_each(?2) j LEFT JOIN wx_followers f ON f.appid = ?1 AND f.openid = j.value"
+        " ORDER BY j.key",
+        (acct.appid, json.dumps(asked)),
+    ).fetchall()
     out = []
-    for item in items:
-        openid = str(item.get("openid", "")) if isinstance(item, dict) else ""
-        status = follower_state(call.state.db, acct.appid, openid)
-        if status is None:
+    for openid, known, unfollowed, tags in rows:
+        if not known:
             raise ApiError(40003, "invalid openid")
         info = profile(openid, acct.created_at)
-        if status == "unfollowed":
+        if unfollowed:
             out.append({"subscribe": 0, "openid": openid, "unionid": info["unionid"]})
             continue
-        tags = [
-            r[0]
-            for r in call.state.db.execute(
-                "SELECT tag_id FROM wx_follower_tags WHERE appid = ? AND openid = ?"
-                " AND tag_id IN (SELECT id FROM wx_tags WHERE appid = ?) ORDER BY tag_id",
-                (acct.appid, openid, acct.appid),
-            )
-        ]
         out.append({"subscribe": 1, "openid": openid, "language": "zh_CN", **info,
-                    "remark": "", "groupid": 0, "tagid_list": tags, "qr_scene": 0,
+                    "remark": "", "groupid": 0, "tagid_list": json.loads(tags), "qr_scene": 0,
                     "qr_scene_str": ""})  # fmt: skip
     return {"user_info_list": out}
 
@@ -230,6 +245,7 @@ def _mass(call: Call, acct: Account, kind: str) -> dict[str, Any]:
     """Shared body of ``mass/sendall`` and ``mass/send``."""
     body, state, r = call.body, call.state, acct.rules
     msgtype, content = _content(body)
+    media_twin.require_in(state, "wechat", acct.appid, msgtype, content)  # only ids issued here
     to_all, tag_id, touser = False, None, None
     if kind == "send":
         raw = body.get("touser")
@@ -299,6 +315,8 @@ def _mass(call: Call, acct: Account, kind: str) -> dict[str, Any]:
             (msg_id, acct.appid, kind, msgtype, cmid, int(to_all), tag_id, now,
              now + acct.job_delay, *counts, data_id),
         )  # fmt: skip
+        if kind == "sendall":
+            _await_admin(call.state, acct, msg_id, now)
     out: dict[str, Any] = {"errcode": 0, "errmsg": "send job submission success", "msg_id": msg_id}
     if data_id is not None:
         out["msg_data_id"] = data_id
@@ -360,7 +378,8 @@ def send(call: Call, acct: Account) -> dict[str, Any]:
 
 def preview(call: Call, acct: Account) -> dict[str, Any]:
     """One message to one openid (``touser``) or WeChat ID (``towxname``, wins if both)."""
-    msgtype, _ = _content(call.body)
+    msgtype, part = _content(call.body)
+    media_twin.require_in(call.state, "wechat", acct.appid, msgtype, part)
     state, now = call.state, call.state.now()
     wxname, openid = call.body.get("towxname"), call.body.get("touser")
     if wxname:
@@ -422,12 +441,152 @@ def mass_delete(call: Call, acct: Account) -> dict[str, Any]:
     return {}
 
 
-def complete_due(state: State, limit: int = 500) -> int:
-    """SENDING jobs whose delay has passed become SEND_SUCCESS and queue MASSSENDJOBFINISH."""
+# -- API mass-send protection (风险操作保护, reference §1.2/§1.3) ---------------------------------
+# With protection on, a ``sendall`` job (to all or to a tag) waits for the account admin's
+# confirmation; the twin plays the admin: ``manual`` waits for ``POST /_sandbox/wechat/mass/
+# {msg_id}/confirm|refuse``, ``confirm``/``refuse`` answer by themselves after ``delay`` seconds.
+# Refused ⇒ MASSSENDJOBFINISH Status err(40001); no answer within the rule's 30 minutes ⇒
+# err(40002). Either way the job is SEND_FAIL and its ledger rows are removed (nobody got it).
+def _await_admin(state: State, acct: Account, msg_id: int, now: float) -> None:
+    row = state.db.execute(
+        "SELECT enabled, policy, delay FROM mass_protection WHERE appid = ?", (acct.appid,)
+    ).fetchone()
+    if row is None or not row[0]:
+        return
+    _, policy, delay = row
+    decide_at = None if policy == "manual" else now + float(delay)
+    state.db.execute(
+        "INSERT INTO mass_confirmations(msg_id, appid, state, created_at, decide_at, expires_at)"
+        " VALUES (?,?,'waiting',?,?,?)",
+        (msg_id, acct.appid, now, decide_at,
+         now + acct.rules["mass_send_protection_confirm_seconds"]),
+    )  # fmt: skip
+
+
+def decide(state: State, msg_id: int, answer: str) -> dict[str, Any]:
+    """The admin's answer to a waiting job: ``confirm`` or ``refuse`` (admin endpoint)."""
+    if answer not in ("confirm", "refuse"):
+        raise ValueError("answer must be confirm or refuse")
+    row = state.db.execute(
+        "SELECT state FROM mass_confirmations WHERE msg_id = ?", (msg_id,)
+    ).fetchone()
+    if row is None:
+        raise ValueError(f"msg_id {msg_id} is not waiting for an admin (protection off?)")
+    if row[0] != "waiting":
+        raise ValueError(f"msg_id {msg_id} was already {row[0]}")
+    with state.tx() as db:
+        _settle_confirmation(db, state, msg_id, "confirmed" if answer == "confirm" else "refused")
+    complete_due(state)
+    return {"msg_id": msg_id, "state": "confirmed" if answer == "confirm" else "refused"}
+
+
+def _settle_confirmation(db: Any, state: State, msg_id: int, outcome: str) -> None:
     now = state.now()
+    db.execute(
+        "UPDATE mass_confirmations SET state = ?, decided_at = ? WHERE msg_id = ?",
+        (outcome, now, msg_id),
+    )
+    if outcome == "confirmed":
+        return
+    job = db.execute("SELECT appid, total FROM mass_jobs WHERE msg_id = ?", (msg_id,)).fetchone()
+    db.execute("UPDATE mass_jobs SET status = 'SEND_FAIL' WHERE msg_id = ?", (msg_id,))
+    db.execute("DELETE FROM ledger WHERE channel = ? AND message_id = ?", (CHANNEL, str(msg_id)))
+    acct = load_account(state, job[0])
+    if acct is None:
+        return
+    xml = event_xml(
+        {"ToUserName": acct.original_id, "FromUserName": helper_openid(acct.appid),
+         "CreateTime": int(now), "MsgType": "event", "Event": "MASSSENDJOBFINISH",
+         "MsgID": msg_id, "Status": PROTECTION_STATUS[outcome], "TotalCount": job[1],
+         "FilterCount": 0, "SentCount": 0, "ErrorCount": 0}
+    )  # fmt: skip
+    post_event(db, acct, CHANNEL, "MASSSENDJOBFINISH", str(msg_id), helper_openid(acct.appid),
+               xml, now)  # fmt: skip
+
+
+def _protection_due(state: State, now: float) -> None:
+    """Automatic answers whose delay passed, and waits past the 30 minutes (err(40002))."""
+    rows = state.db.execute(
+        "SELECT c.msg_id, p.policy, c.decide_at, c.expires_at FROM mass_confirmations c"
+        " LEFT JOIN mass_protection p ON p.appid = c.appid"
+        " WHERE c.state = 'waiting' AND (c.expires_at <= ?1 OR c.decide_at <= ?1)",
+        (now,),
+    ).fetchall()
+    if not rows:
+        return
+    with state.tx() as db:
+        for msg_id, policy, decide_at, expires_at in rows:
+            if decide_at is not None and decide_at <= now and decide_at < expires_at:
+                outcome = "refused" if policy == "refuse" else "confirmed"
+            else:
+                outcome = "expired"
+            _settle_confirmation(db, state, msg_id, outcome)
+
+
+def protection(state: State, appid: str, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """Read or set an account's protection (admin endpoint); lists the waiting jobs."""
+    if spec is not None:
+        policy = str(spec.get("policy", "manual"))
+        if policy not in PROTECTION_POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(PROTECTION_POLICIES)}")
+        if load_account(state, appid) is None:
+            raise ValueError(f"no account {appid}")
+        with state.tx() as db:
+            db.execute(
+                "INSERT INTO mass_protection(appid, enabled, policy, delay) VALUES (?,?,?,?)"
+                " ON CONFLICT(appid) DO UPDATE SET enabled = excluded.enabled,"
+                " policy = excluded.policy, delay = excluded.delay",
+                (appid, int(bool(spec.get("enabled", True))), policy,
+                 float(spec.get("delay_seconds", 60.0))),
+            )  # fmt: skip
+    row = state.db.execute(
+        "SELECT enabled, policy, delay FROM mass_protection WHERE appid = ?", (appid,)
+    ).fetchone()
+    jobs = state.db.execute(
+        "SELECT msg_id, state, created_at, expires_at FROM mass_confirmations WHERE appid = ?"
+        " ORDER BY msg_id",
+        (appid,),
+    ).fetchall()
+    return {
+        "appid": appid,
+        "enabled": bool(row and row[0]),
+        "policy": row[1] if row else "manual",
+        "delay_seconds": row[2] if row else 60.0,
+        "jobs": [
+            {"msg_id": m, "state": st, "created_at": c, "expires_at": e} for m, st, c, e in jobs
+        ],
+    }
+
+
+async def admin_protection(request: web.Request) -> web.Response:
+    state, appid = request.app[STATE], request.match_info["appid"]
+    spec = None
+    if request.method == "POST":
+        raw = await request.read()
+        spec = json.loads(raw) if raw.strip() else {}
+        if not isinstance(spec, dict):
+            raise ValueError("body must be a JSON object")
+    return web.json_response(protection(state, appid, spec))
+
+
+async def admin_decide(request: web.Request) -> web.Response:
+    msg_id = int(request.match_info["msg_id"])
+    return web.json_response(decide(request.app[STATE], msg_id, request.match_info["answer"]))
+
+
+def complete_due(state: State, limit: int = 500) -> int:
+    """SENDING jobs whose delay has passed become SEND_SUCCESS and queue MASSSENDJOBFINISH.
+
+    Jobs waiting for an admin's confirmation (mass-send protection) wait; the admin's answer
+    or the 30-minute timeout settles them first.
+    """
+    now = state.now()
+    _protection_due(state, now)
     rows = state.db.execute(
         "SELECT msg_id, appid, total, filter_count, sent_count, error_count FROM mass_jobs"
-        " WHERE status = 'SENDING' AND due_at <= ? ORDER BY due_at LIMIT ?",
+        " WHERE status = 'SENDING' AND due_at <= ? AND NOT EXISTS (SELECT 1 FROM"
+        " mass_confirmations m WHERE m.msg_id = mass_jobs.msg_id AND m.state = 'waiting')"
+        " ORDER BY due_at LIMIT ?",
         (now, limit),
     ).fetchall()
     if not rows:
@@ -479,3 +638,7 @@ def add_routes(app: web.Application) -> None:
     ]
     for method, path, handler in routes:
         app.router.add_route(method, f"{PREFIX}/{path}", handler)
+    admin = "/_sandbox/wechat"  # the twin plays the account admin (mass-send protection)
+    app.router.add_get(f"{admin}/accounts/{{appid}}/protection", admin_protection)
+    app.router.add_post(f"{admin}/accounts/{{appid}}/protection", admin_protection)
+    app.router.add_post(f"{admin}/mass/{{msg_id}}/{{answer}}", admin_decide)

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from qunfa.sandbox import media as media_twin
 from qunfa.sandbox.wechat_accounts import ApiError
 from qunfa.sandbox.wecom_common import PREFIX, Call, Corp, count_call, endpoint
 
@@ -82,6 +83,8 @@ def send(call: Call, corp: Corp) -> dict[str, Any]:
     if not (touser or toparty or totag):
         raise ApiError(40058, "touser, toparty and totag are all empty")
     _check_content(body, corp)
+    msgtype = body.get("msgtype")
+    media_twin.require_in(call.state, "wecom", corp.corpid, msgtype, body.get(str(msgtype)))
     listed = [u for u in touser.split("|") if u] if touser != "@all" else []
     if len(listed) > corp.rules["app_max_users_per_call"]:
         raise ApiError(40058, "touser list too long")

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from qunfa.sandbox import ledger
+from qunfa.sandbox import media as media_twin
 from qunfa.sandbox.state import SHANGHAI, State
 from qunfa.sandbox.wechat_accounts import ApiError
 from qunfa.sandbox.wecom_common import PREFIX, Call, Corp, count_call, endpoint, load_corp
@@ -95,6 +96,9 @@ def add_msg_template(call: Call, corp: Corp) -> dict[str, Any]:
     if body.get("chat_type", "single") != "single":
         raise ApiError(40058, "invalid chat_type: the sandbox models single (customers) only")
     content = _content(body, corp)
+    for att in content.get("attachments") or []:  # only media ids issued by this corp's uploads
+        kind = att.get("msgtype")
+        media_twin.require_in(state, "wecom", corp.corpid, kind, att.get(str(kind)))
     listed = [str(u) for u in body.get("external_userid") or []]
     sender = body.get("sender")
     if len(listed) > corp.rules["customer_max_per_call"]:

@@ -1,47 +1,35 @@
 """Platform accounts: register (credentials encrypted), list, build adapters, and sync.
 
-Sync pulls followers page by page (``user/get``, 10,000 a page) and tag membership
-(``user/tag/get``), upserting identities set-based per page: one ``IN`` lookup by blind index,
-one bulk insert of new contacts and identities, one bulk update of the rest. Followers not
-seen in a full sync are marked unsubscribed in one statement.
+Sync itself (resumable, set-based per page, unionids, tags) lives in :mod:`qunfa.services.sync`;
+:meth:`AccountService.sync` delegates to it so callers keep one entry point.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import select
 
 from qunfa.channels.base import AccountConfig, Channel, ChannelContext
 from qunfa.channels.http import HttpClient
 from qunfa.channels.registry import account_channel, channel_class
-from qunfa.channels.wechat_oa import WechatOA
 from qunfa.rules import load as load_rules
-from qunfa.storage.bulk import bulk_cache, insert_rows, insert_rows_returning_ids
-from qunfa.storage.models import Account, Identity, IdentityTag, Tag
+from qunfa.services.sync import Progress, SyncError, SyncReport, SyncService
+from qunfa.storage.bulk import bulk_cache
+from qunfa.storage.models import Account
 
 if TYPE_CHECKING:
     from qunfa.bootstrap import Container
-
-Progress = Callable[[str, int, int | None], None]  # (what, done, total)
 
 
 class AccountError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class SyncReport:
-    followers: int
-    new: int
-    unsubscribed: int
-    tags: int
-    tagged: int
-    seconds: float
+__all__ = ["AccountError", "AccountService", "Progress", "SyncReport"]
 
 
 class AccountService:
@@ -163,180 +151,28 @@ class AccountService:
         ctx = ChannelContext(http=http, tokens=self.c.tokens, limiter=self.c.limiter)
         return channel_class(cfg.channel)(cfg, ctx)
 
-    # -- sync ------------------------------------------------------------------------------------
-    async def sync(self, ref: int | str, progress: Progress | None = None) -> SyncReport:
-        """Pull followers and tags of an Official Account into contacts/identities/tags."""
+    # -- sync (services/sync.py) -----------------------------------------------------------------
+    @cached_property
+    def syncer(self) -> SyncService:
+        return SyncService(self.c)
+
+    async def sync(
+        self, ref: int | str, progress: Progress | None = None, *, profiles: bool = True
+    ) -> SyncReport:
+        """Pull followers (Official Account) or customers (WeCom) and their tags; resumes an
+        unfinished run from its last committed page (see :mod:`qunfa.services.sync`)."""
         acc = self.get(ref)
-        if acc.channel == "wecom_customer":
-            return await self._sync_wecom_customers(acc, progress)
-        if acc.channel != "wechat_oa":
-            raise AccountError(
-                f"{acc.channel} has no contact-list API to sync from; import its recipients "
-                "with `qunfa contacts import FILE --account …`"
-            )
-        started = time.time()
-        report = {"followers": 0, "new": 0, "tags": 0, "tagged": 0}
-        async with HttpClient(self.c.settings.http_timeout) as http:
-            oa = self.adapter(acc, http)
-            assert isinstance(oa, WechatOA)
-            known = self.has_identities(acc.id, "openid")
-            async for page in oa.followers():
-                report["new"] += self.upsert_identities(acc.id, "openid", page, started, known)
-                report["followers"] += len(page)
-                if progress:
-                    progress("followers", report["followers"], None)
-            unsubscribed = self._mark_unsubscribed(acc.id, started)
-            for tag in await oa.tags():
-                report["tags"] += 1
-                tag_row = self._upsert_tag(acc.id, int(tag["id"]), str(tag["name"]))
-                async for page in oa.tag_members(int(tag["id"])):
-                    report["tagged"] += self._add_tag_members(acc.id, tag_row, page)
-                    if progress:
-                        progress(f"tag {tag['name']}", report["tagged"], None)
-                self._count_tag(tag_row)
-        with self.c.sessions() as s:
-            s.execute(update(Account).where(Account.id == acc.id).values(synced_at=time.time()))
-            s.commit()
-        return SyncReport(
-            followers=report["followers"],
-            new=report["new"],
-            unsubscribed=unsubscribed,
-            tags=report["tags"],
-            tagged=report["tagged"],
-            seconds=time.time() - started,
-        )
-
-    async def _sync_wecom_customers(self, acc: Account, progress: Progress | None) -> SyncReport:
-        """WeCom customers: every member with customer-contact rights, their customers paged."""
-        started = time.time()
-        total = new = 0
-        async with HttpClient(self.c.settings.http_timeout) as http:
-            adapter: Any = self.adapter(acc, http)
-            staff = list(await adapter.follow_users())
-            known = self.has_identities(acc.id, "external_userid")
-            async for page in adapter.customers(staff):
-                ids = [str(item["external_userid"]) for item in page]
-                new += self.upsert_identities(acc.id, "external_userid", ids, started, known)
-                total += len(ids)
-                if progress:
-                    progress("customers", total, None)
-        unsubscribed = self._mark_unsubscribed(acc.id, started, "external_userid")
-        with self.c.sessions() as s:
-            s.execute(update(Account).where(Account.id == acc.id).values(synced_at=time.time()))
-            s.commit()
-        return SyncReport(total, new, unsubscribed, 0, 0, time.time() - started)
-
-    def _identity_ids(
-        self, account_id: int, blinds: list[bytes], kind: str = "openid"
-    ) -> dict[bytes, int]:
-        """Identity ids of this account's ids of ``kind``, by blind index (one IN query)."""
-        t = cast(Table, Identity.__table__)
-        with self.c.engine.connect() as conn:
-            rows = conn.execute(
-                select(t.c.value_bi, t.c.id).where(
-                    t.c.account_id == account_id, t.c.kind == kind, t.c.value_bi.in_(blinds)
-                )
-            )
-            return {bytes(bi): int(iid) for bi, iid in rows}
+        try:
+            return await self.syncer.sync(acc, progress, profiles=profiles)
+        except SyncError as exc:
+            raise AccountError(str(exc)) from None
 
     def has_identities(self, account_id: int, kind: str) -> bool:
-        with self.c.engine.connect() as conn:
-            t = cast(Table, Identity.__table__)
-            found = conn.execute(
-                select(t.c.id).where(t.c.account_id == account_id, t.c.kind == kind).limit(1)
-            ).first()
-            return found is not None
+        return self.syncer.has_identities(account_id, kind)
 
     def upsert_identities(
         self, account_id: int, kind: str, values: list[str], now: float, known: bool = True
     ) -> int:
-        """Upsert one page of ids of ``kind`` set-based: one lookup, two bulk inserts, one update.
-
-        New ids get a new contact each (merging identities into one person is the audience
-        work's job); known ones are marked subscribed and touched (``updated_at = now``), which
-        is how a full sync finds the ones that disappeared. Core statements on the tables
-        (executemany), not the ORM's bulk path, which costs ~10× more per row here; each
-        value's blind index is computed once. Returns how many were new.
-        """
-        ring = self.c.keyring
-        values = list(dict.fromkeys(values))
-        blinds = [ring.blind(v) for v in values]
-        # known=False (a first sync or import: none of this kind yet) skips the lookup.
-        existing = self._identity_ids(account_id, blinds, kind) if known else {}
-        fresh = [(o, bi) for o, bi in zip(values, blinds, strict=True) if bi not in existing]
-        ids = cast(Table, Identity.__table__)
+        """Upsert one page of ids of ``kind`` set-based (imports); returns how many were new."""
         with self.c.engine.begin() as conn, bulk_cache(conn):
-            if existing:
-                conn.execute(
-                    update(ids)
-                    .where(ids.c.id.in_(list(existing.values())))
-                    .values(subscribed=True, updated_at=now)
-                )
-            if fresh:
-                # Recipient-scale insert: the DBAPI's executemany / COPY (storage/bulk.py).
-                contact_ids = insert_rows_returning_ids(
-                    conn, "contacts", ("created_at", "updated_at"), [(now, now)] * len(fresh)
-                )
-                insert_rows(
-                    conn,
-                    "identities",
-                    ("contact_id", "account_id", "kind", "value_enc", "value_bi", "subscribed",
-                     "subscribed_at", "updated_at"),
-                    [
-                        (cid, account_id, kind, enc, bi, True, now, now)
-                        for cid, enc, (_, bi) in zip(
-                            contact_ids, ring.encrypt_many([o for o, _ in fresh]), fresh,
-                            strict=True,
-                        )
-                    ],
-                )  # fmt: skip
-        return len(fresh)
-
-    def _mark_unsubscribed(self, account_id: int, sync_started: float, kind: str = "openid") -> int:
-        with self.c.sessions() as s:
-            result = s.execute(
-                update(Identity)
-                .where(
-                    Identity.account_id == account_id,
-                    Identity.kind == kind,
-                    Identity.subscribed.is_(True),
-                    Identity.updated_at < sync_started,
-                )
-                .values(subscribed=False, updated_at=time.time())
-            )
-            s.commit()
-            return int(result.rowcount)  # type: ignore[attr-defined]
-
-    def _upsert_tag(self, account_id: int, platform_id: int, name: str) -> int:
-        with self.c.sessions() as s:
-            tag = s.scalars(
-                select(Tag).where(Tag.account_id == account_id, Tag.name == name)
-            ).one_or_none()
-            if tag is None:
-                tag = Tag(account_id=account_id, name=name, source="synced")
-                s.add(tag)
-            tag.platform_tag_id = platform_id
-            s.flush()
-            s.execute(delete(IdentityTag).where(IdentityTag.tag_id == tag.id))
-            s.commit()
-            return tag.id
-
-    def _add_tag_members(self, account_id: int, tag_id: int, openids: list[str]) -> int:
-        ring = self.c.keyring
-        ids = self._identity_ids(account_id, [ring.blind(o) for o in openids])
-        if not ids:
-            return 0
-        with self.c.engine.begin() as conn:
-            conn.execute(
-                insert(cast(Table, IdentityTag.__table__)),
-                [{"tag_id": tag_id, "identity_id": iid} for iid in ids.values()],
-            )
-        return len(ids)
-
-    def _count_tag(self, tag_id: int) -> None:
-        with self.c.sessions() as s:
-            count = s.scalar(
-                select(func.count()).select_from(IdentityTag).where(IdentityTag.tag_id == tag_id)
-            )
-            s.execute(update(Tag).where(Tag.id == tag_id).values(member_count=count or 0))
-            s.commit()
+            return self.syncer.upsert_page(conn, account_id, kind, values, now, known).new

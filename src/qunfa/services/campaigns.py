@@ -23,6 +23,7 @@ from qunfa.channels.wechat_oa import CHINA
 from qunfa.domain.audience import Audience, AudienceError, parse_audience
 from qunfa.domain.keys import batch_key
 from qunfa.domain.states import CampaignState, campaign_transition
+from qunfa.services import list_minimum, scheduling
 from qunfa.storage import queries as q
 from qunfa.storage.models import Account, Batch, Campaign, Delivery, Identity, Tag
 
@@ -45,7 +46,17 @@ class PlanReport:
     seconds: float
 
 
-OPTIONS = {"remind_every_hours": "hours between reminders to staff who have not sent (WeCom)"}
+OPTIONS = {
+    "remind_every_hours": "hours between reminders to staff who have not sent (WeCom)",
+    "timing": "when to send: category, window, quiet_hours, local_time, … (docs/time.md)",
+    "recurrence": "a cron expression: the campaign becomes a recurring series (docs/time.md)",
+    # caps, quotas and the over-cap policy (docs/quotas.md)
+    "caps": 'per-person caps on top of the defaults, {"name": {"limit": n, "days": d}} or false',
+    "transactional": "true: exempt from frequency caps (order, verification, service notices)",
+    "over_cap": "skip | defer | fallback:<channel>: who is over a cap or quota",
+    "fallback_account": "the fallback channel's account (app id), when there are several",
+    "fallback_content": "content per fallback channel, {<channel>: {...}}",
+}
 
 
 def validate_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +69,50 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
     hours = options.get("remind_every_hours")
     if hours is not None and (not isinstance(hours, int | float) or hours <= 0):
         raise CampaignError("remind_every_hours must be a positive number of hours")
+    _validate_quota_options(options)
+    from qunfa.services.scheduling import SchedulingError, validate_campaign_options
+
+    try:
+        validate_campaign_options(options)
+    except SchedulingError as exc:
+        raise CampaignError(str(exc)) from None
     return options
+
+
+def _validate_quota_options(options: dict[str, Any]) -> None:
+    """``over_cap``, ``caps`` and ``transactional`` (docs/quotas.md), checked at create so a
+    typo fails now rather than when the campaign is planned."""
+    from qunfa.channels.registry import channels
+    from qunfa.domain import quota as dom
+
+    if "transactional" in options and not isinstance(options["transactional"], bool):
+        raise CampaignError(
+            f"transactional must be true or false, not {options['transactional']!r}"
+        )
+    if "over_cap" in options:
+        try:
+            pol = dom.parse_policy(options)
+        except dom.QuotaError as exc:
+            raise CampaignError(str(exc)) from None
+        if pol.channel is not None and pol.channel not in channels():
+            raise CampaignError(
+                f"over_cap {options['over_cap']!r}: no channel {pol.channel!r}; write "
+                f'"skip", "defer" or "fallback:<channel>" with one of: '
+                + ", ".join(sorted(channels()))
+            )
+    if "caps" in options:
+        caps = options["caps"]
+        if caps is not False and not isinstance(caps, dict):
+            raise CampaignError(
+                f"caps must be false (no caps) or an object of caps by name, "
+                f'e.g. {{"marketing_1d": {{"limit": 1, "days": 1}}, "marketing_7d": null}}, '
+                f"not {caps!r}"
+            )
+        if caps:
+            try:
+                dom.parse_caps({}, caps)
+            except dom.QuotaError as exc:
+                raise CampaignError(f"caps option invalid: {exc}") from None
 
 
 class CampaignService:
@@ -76,8 +130,12 @@ class CampaignService:
         content: dict[str, Any],
         as_list: bool = False,
         options: dict[str, Any] | None = None,
+        created_by: str = "",
     ) -> Campaign:
-        """Create a draft. ``as_list`` sends a tag or everyone as openid lists (mass/send)."""
+        """Create a draft. ``as_list`` sends a tag or everyone as openid lists (mass/send).
+
+        ``created_by`` is the author: the review workflow never lets them approve it.
+        """
         cls = channel_class(channel)
         try:
             aud = parse_audience(audience)
@@ -89,12 +147,28 @@ class CampaignService:
                 f"account {acc.app_id} is a {acc.channel} account; {channel} needs "
                 f"a {account_channel(channel)} account"
             )
+        used = None  # (material_id, version) when the content references the material library
+        checked = content
+        if "material_id" in content:
+            from qunfa.services.materials import MaterialError, material_ref
+
+            try:
+                ref = material_ref(content)
+                assert ref is not None
+                # Pin the version: the campaign sends exactly what was checked, whatever the
+                # material becomes later.
+                version = self.c.materials.version(ref.material_id, ref.version).version
+                content = {**content, "version": version}
+                checked = self.c.materials.resolve_content(content, channel)
+            except MaterialError as exc:
+                raise CampaignError(str(exc)) from exc
+            used = (ref.material_id, version)
         try:
-            cls.validate_content(content, self.c.accounts.config(acc, channel).rules)
+            cls.validate_content(checked, self.c.accounts.config(acc, channel).rules)
         except ContentError as exc:
             raise CampaignError(str(exc)) from exc
         if channel == "wechat_oa":
-            if aud.kind == "openids" or as_list:
+            if aud.kind == "openids" or aud.is_segment or as_list:  # segments: openid lists
                 mode = "list"
             else:
                 mode = "to_all" if aud.kind == "all" else "tag"
@@ -102,6 +176,11 @@ class CampaignService:
             mode = sorted(cls.modes)[0]
         if aud.kind == "tag":
             self._tag(acc.id, aud)  # fail now, not at plan time, if it does not exist
+        if aud.is_segment:  # likewise: the saved segment exists, the expression compiles
+            try:
+                self.c.segments.resolve(aud, acc.id)
+            except ValueError as exc:
+                raise CampaignError(f"audience {aud}: {exc}") from exc
         with self.c.sessions() as s:
             camp = Campaign(
                 uid=uuid.uuid4().hex,
@@ -113,11 +192,14 @@ class CampaignService:
                 content=content,
                 options=validate_options(options or {}),
                 state=CampaignState.DRAFT,
+                created_by=created_by,
                 created_at=time.time(),
             )
             s.add(camp)
             s.commit()
-            return camp
+        if used is not None:
+            self.c.materials.record_use(*used, camp.id)
+        return camp
 
     def _tag(self, account_id: int, aud: Audience) -> Tag:
         with self.c.sessions() as s:
@@ -156,6 +238,7 @@ class CampaignService:
         camp = self.get(campaign_id)
         if camp.state not in (CampaignState.DRAFT, CampaignState.PLANNING):
             raise CampaignError(f"campaign {campaign_id} is {camp.state}; only drafts are planned")
+        self.c.review.require(campaign_id, auto_check=False)  # the gate (docs/review.md)
         self._set_state(campaign_id, CampaignState.PLANNING)
         acc = self.c.accounts.get(camp.account_id)
         with self.c.sessions() as s:  # a crash mid-plan left partial rows: start over
@@ -164,10 +247,23 @@ class CampaignService:
             s.commit()
         batch_size = self._batch_size(camp, acc)
         aud = parse_audience(camp.audience)
+        seg = self.c.segments.resolve(aud, acc.id) if aud.is_segment else None
         if aud.kind == "openids":
             total = self._plan_explicit(camp, acc, aud, batch_size)
         else:
-            total = self._plan_pages(camp, acc, aud, batch_size, progress)
+            total = self._plan_pages(camp, acc, aud, batch_size, progress, seg)
+        if seg is not None:  # the record of what the segment was when planned
+            self.c.segments.record_snapshot(campaign_id, seg, acc.id, total)
+        # Consent (docs/consent.md): skip suppressed / opted-out recipients, fix batch sizes,
+        # and never let the platform pick recipients (to_all/tag) when someone is skipped.
+        consent = self.c.consent.apply_at_plan(campaign_id, total)
+        total = consent.recipients
+        quota = self.c.quota.apply_at_plan(campaign_id, total)  # docs/quotas.md
+        total = quota.recipients
+        scheduling.apply_at_plan(self.c, campaign_id)  # due times, zones, STO (docs/time.md)
+        # Official Account mass/send takes ≥ 2 openids: no single-recipient list batch.
+        lone = list_minimum.apply_at_plan(self.c, campaign_id, total)
+        total = lone.recipients
         self._pace(camp, acc, batch_size)
         with self.c.sessions() as s:
             nbatches = s.scalar(
@@ -177,7 +273,10 @@ class CampaignService:
             self._set_state(
                 campaign_id,
                 CampaignState.FAILED,
-                last_error="the audience is empty: no subscribed follower matches it",
+                last_error=consent.empty_reason
+                or quota.empty_reason
+                or (list_minimum.REASON if lone.failed else None)
+                or "the audience is empty: no subscribed follower matches it",
             )
         else:
             self._set_state(
@@ -200,6 +299,7 @@ class CampaignService:
         rules = self.c.accounts.config(acc, camp.channel).rules
         per_day = max(1, rules[cls.daily_pace_rule] // batch_size)
         start_hour = rules["pace_start_hour"] if "pace_start_hour" in rules.rules else 9
+        allowed = scheduling.pace_due(camp, acc)  # the campaign's timing options, if any
         now = datetime.now(CHINA)
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
         with self.c.sessions() as s:
@@ -209,7 +309,9 @@ class CampaignService:
             for b in batches:
                 day = b.batch_no // per_day
                 due = now if day == 0 else midnight + timedelta(days=day, hours=start_hour)
-                b.next_attempt_at = due.timestamp()
+                if allowed is not None:  # pace days start at the window, never in quiet hours
+                    due = allowed(due)
+                b.next_attempt_at = max(b.next_attempt_at or 0.0, due.timestamp())
             s.commit()
 
     def _batch_size(self, camp: Campaign, acc: Account) -> int:
@@ -223,6 +325,7 @@ class CampaignService:
         aud: Audience,
         batch_size: int,
         progress: Progress | None,
+        seg: Any = None,
     ) -> int:
         single = batch_size == 0
         size = SINGLE_BATCH if single else batch_size
@@ -230,8 +333,11 @@ class CampaignService:
         if not single:
             page = max(1, -(-page // size)) * size  # whole batches per page
         tag_id = self._tag(acc.id, aud).id if aud.kind == "tag" else None
-        insert_sql = q.PLAN_PAGE_TAG if tag_id else q.PLAN_PAGE_ALL
-        end_sql = q.PLAN_PAGE_END_TAG if tag_id else q.PLAN_PAGE_END_ALL
+        insert_sql: Any = q.PLAN_PAGE_TAG if tag_id else q.PLAN_PAGE_ALL
+        end_sql: Any = q.PLAN_PAGE_END_TAG if tag_id else q.PLAN_PAGE_END_ALL
+        if seg is not None:  # the segment compiled into the same page shape (set-based)
+            kind = channel_class(camp.channel).recipient_kind
+            insert_sql, end_sql = self.c.segments.plan_statements(seg, acc.id, kind)
         params: dict[str, Any] = {
             "campaign_id": camp.id,
             "account_id": acc.id,
@@ -332,9 +438,18 @@ class CampaignService:
         return len(rows)
 
     # -- start ----------------------------------------------------------------------------------
-    def start(self, campaign_id: int, progress: Progress | None = None) -> PlanReport | None:
-        """Plan (if still a draft), then hand every batch to the workers. Resumes a paused one."""
+    def start(
+        self, campaign_id: int, progress: Progress | None = None, actor: str | None = None
+    ) -> PlanReport | None:
+        """Plan (if still a draft), then hand the batches due now to the workers (the sweeper
+        enqueues the others when they fall due). Resumes a paused one.
+
+        The gate runs first (checking the content if no check covers it yet, as ``actor``):
+        see ``docs/review.md``.
+        """
         camp = self.get(campaign_id)
+        if camp.state not in (CampaignState.DONE, CampaignState.FAILED, CampaignState.CANCELLED):
+            self.c.review.require(campaign_id, actor=actor, auto_check=True)
         report = None
         if camp.state in (CampaignState.DRAFT, CampaignState.PLANNING):
             report = self.plan(campaign_id, progress)
@@ -345,6 +460,9 @@ class CampaignService:
             self._set_state(campaign_id, CampaignState.SENDING, last_error=None)
         elif camp.state != CampaignState.SENDING:
             raise CampaignError(f"campaign {campaign_id} is {camp.state} and cannot be sent")
+        # Only the batches due now: a batch due later (time staggering, deferrals, pacing)
+        # would refuse the lease and then wait out the lease time before the sweeper re-drives
+        # it; left un-enqueued, the sweeper (``DUE_BATCHES``) hands it over as soon as it is due.
         now = time.time()
         with self.c.sessions() as s:
             ids = list(
@@ -352,6 +470,7 @@ class CampaignService:
                     select(Batch.id).where(
                         Batch.campaign_id == campaign_id,
                         Batch.state.in_(("pending", "retry", "deferred")),
+                        Batch.next_attempt_at <= now,
                     )
                 )
             )
@@ -359,6 +478,11 @@ class CampaignService:
             s.commit()
         self.c.enqueue(ids)
         return report
+
+    def edit_content(self, campaign_id: int, content: dict[str, Any], actor: str) -> Campaign:
+        """Replace the content; voids an approval of the old content (``services/review.py``)."""
+        camp: Campaign = self.c.review.edit(campaign_id, content, actor)
+        return camp
 
     def cancel(self, campaign_id: int) -> None:
         """Stop a campaign: queued batches are cancelled, open platform tasks too (WeCom)."""
@@ -415,6 +539,14 @@ class CampaignService:
                 "error": platform[3],
             },
             "last_error": camp.last_error,
+            "review": {
+                "state": camp.review_state,
+                "approved_by": camp.approved_by,
+                "checked": camp.checked_hash is not None,
+                "verdict": (camp.check_report or {}).get("verdict"),
+            },
+            "scheduled_at": camp.scheduled_at,
+            "created_by": camp.created_by,
             "created_at": camp.created_at,
             "started_at": camp.started_at,
             "finished_at": camp.finished_at,

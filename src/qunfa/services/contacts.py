@@ -1,66 +1,172 @@
-"""Contacts import: the recipient ids of channels without a contact-list API, from a CSV file.
+"""Import people from CSV / XLSX, and export them (decrypted, audited).
 
-Streams the file in pages of 10,000 rows, validates each value for the channel's recipient
-kind (phones to E.164, e-mail addresses, non-empty ids), upserts the valid ones set-based
-(encrypted, blind-indexed) and writes every rejected row to ``<file>.errors.csv`` with its row
-number, column and reason — nothing valid is lost because another row was bad. The full
-audience importer (people, attributes, XLSX, merging) builds on this.
+**Import.** The file is streamed in pages of :data:`PAGE` rows. Each row is validated field by
+field (:mod:`qunfa.domain.fields`): a bad optional field is reported and left out, the row is
+kept; a row without any usable id (phone, e-mail, unionid, or an id of the import's account)
+is rejected. Every problem goes to ``<file>.errors.csv`` (row, column, value, reason) — nothing
+valid is lost because another row was bad.
+
+Per page, set-based: every id's blind index is computed once; one lookup per id kind finds
+the people who already hold them; a row matching an existing person (by unionid, phone or
+e-mail, then the account's ids) updates that person — only what changed, so re-importing the
+same file changes nothing; the rest become new people, inserted with their identities and
+tags by the DBAPI's ``executemany`` / ``COPY`` (:mod:`qunfa.storage.bulk`). A row whose ids
+point at two different people records the evidence on its person, and one merge pass at the
+end (:meth:`~qunfa.services.people.PeopleService.merge_pending`) merges them.
+
+**Export.** :meth:`ContactService.export` streams the live people of a segment (or all) in
+keyset pages to CSV or XLSX and writes an ``audit_log`` row: exporting PII needs a reason.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import re
+import json
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from datetime import time as dtime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from qunfa.channels.registry import channel_class
-from qunfa.channels.sms_common import PhoneError, normalize_cn_phone
+from qunfa.domain.fields import (
+    MERGE_KINDS,
+    ColumnPlan,
+    FieldError,
+    normaliser,
+    plan_columns,
+)
+from qunfa.services.people import contact_tags, contacts, identities, tags_t, write_audit
+from qunfa.storage.bulk import bulk_cache, insert_rows, insert_rows_returning_ids
 
 if TYPE_CHECKING:
     from qunfa.bootstrap import Container
 
 Progress = Callable[[str, int, int | None], None]
-PAGE = 10_000
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+PAGE = 50_000
+LOOKUP_CHUNK = 30_000  # under SQLite's 32,766 bound parameters per statement
+ATTR_COLUMNS = ("city", "province", "gender", "birthday", "timezone", "registered_at")
 
 
 class ImportError_(ValueError):
-    pass
+    """The file as a whole cannot be imported (missing, empty, header problems)."""
+
+
+class ExportError(ValueError):
+    """An export that may not or cannot run (no reason given, bad segment, bad format)."""
 
 
 @dataclass(frozen=True)
 class ImportReport:
-    rows: int
-    imported: int
-    new: int
-    rejected: int
+    rows: int  # data rows read
+    imported: int  # rows stored (new or matched people)
+    new: int  # people created
+    rejected: int  # rows left out entirely
     errors_file: Path | None
     seconds: float
+    updated: int = 0  # existing people whose attributes changed
+    field_errors: int = 0  # bad fields left out of rows that were kept
+    identities_new: int = 0
+    merged: int = 0  # merges made by the pass at the end
 
 
-def normalise(kind: str, raw: str) -> str:
-    """The canonical form of a recipient id of ``kind``; ValueError says what is wrong."""
-    value = raw.strip()
-    if kind == "phone":
-        return normalize_cn_phone(value)
-    if kind == "email":
-        if not _EMAIL.match(value):
-            raise ValueError(f"{raw!r} is not an e-mail address (expected name@domain.tld)")
-        local, _, domain = value.rpartition("@")
-        return f"{local}@{domain.lower()}"
-    if not value:
-        raise ValueError("the value is empty")
-    return value
+@dataclass(frozen=True)
+class ExportReport:
+    rows: int
+    path: Path
+    seconds: float
+    audit_id: int
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One person a page's rows resolve to: an existing contact or a new one."""
+
+    contact_id: int | None  # None until inserted
+    values: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+
+
+# --- reading files ------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    """A spreadsheet cell as text: 13800138000.0 → "13800138000", dates as ISO."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date | dtime):
+        return value.isoformat()
+    return str(value)
+
+
+def _encoding(path: Path) -> str:
+    """UTF-8 (with or without BOM), else GB18030 — what Excel in China saves CSV as."""
+    with path.open("rb") as fh:
+        head = fh.read(1 << 16)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        return "utf-8-sig"
+    except UnicodeDecodeError:
+        return "gb18030"
+
+
+def read_table(path: Path) -> tuple[list[str], Iterator[list[str]]]:
+    """The header and the data rows of a CSV or XLSX file (first sheet), streamed as text."""
+    if not path.exists():
+        raise ImportError_(f"{path} does not exist")
+    if path.suffix.lower() in (".xlsx", ".xlsm", ".xls", ".ods"):
+        from python_calamine import CalamineWorkbook
+
+        sheet = CalamineWorkbook.from_path(str(path)).get_sheet_by_index(0)
+        rows: Iterator[list[Any]] = iter(sheet.iter_rows())
+        first = next(rows, None)
+        if not first or not any(_cell(v) for v in first):
+            raise ImportError_(f"{path} is empty: the first row must name the columns")
+        return [_cell(v).strip() for v in first], ([_cell(v) for v in r] for r in rows)
+
+    def lines() -> Iterator[list[str]]:
+        with path.open(newline="", encoding=_encoding(path)) as fh:
+            yield from csv.reader(fh)  # plain lists: DictReader costs ~5 µs a row in dicts
+
+    it = lines()
+    header = next(it, None)
+    if not header:
+        raise ImportError_(f"{path} is empty: the first line must name the columns")
+    return [h.strip() for h in header], it
+
+
+def _pages(rows: Iterator[list[str]], size: int) -> Iterator[list[tuple[int, list[str]]]]:
+    page: list[tuple[int, list[str]]] = []
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        page.append((number, row))
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+# --- the service --------------------------------------------------------------------------------
 
 
 class ContactService:
     def __init__(self, c: Container) -> None:
         self.c = c
 
+    # -- import ---------------------------------------------------------------------------------
     def import_csv(
         self,
         account: int | str,
@@ -68,59 +174,621 @@ class ContactService:
         column: str | None = None,
         progress: Progress | None = None,
     ) -> ImportReport:
-        started = time.time()
+        """The recipient ids of one account (phones, e-mails, remarks …) from a file.
+
+        ``column`` holds the ids (default: the column named after the account's recipient
+        kind, else the first column). Other columns are imported as person fields.
+        """
         acc = self.c.accounts.get(account)
         kind = channel_class(acc.channel).recipient_kind
-        if not path.exists():
-            raise ImportError_(f"{path} does not exist")
+        header, _ = read_table(path)
+        col = column or (kind if kind in header else None)
+        if col is None:
+            plan = plan_columns(header, None, kind)
+            col = None if kind in {f for _, f in plan.fields} else header[0]
+        if col is not None and col not in header:
+            raise ImportError_(f"{path} has no column {col!r}; its columns are {', '.join(header)}")
+        return self.import_file(
+            path, account=acc.id, mapping={col: kind} if col else None, progress=progress
+        )
+
+    def import_file(
+        self,
+        path: Path,
+        *,
+        account: int | str | None = None,
+        mapping: Mapping[str, str] | None = None,
+        progress: Progress | None = None,
+        merge: bool = True,
+        actor: str = "import",
+    ) -> ImportReport:
+        """Import people from a CSV or XLSX file; see the module docstring.
+
+        ``mapping`` maps header names to fields (``-`` skips a column, ``attrs.key`` makes it
+        a custom attribute). ``account`` is needed for platform ids (openid, external_userid,
+        the account's own recipient kind). ``merge`` runs the merge pass at the end.
+        """
+        started = time.time()
+        account_id: int | None = None
+        account_kind: str | None = None
+        if account is not None:
+            acc = self.c.accounts.get(account)
+            account_id, account_kind = acc.id, channel_class(acc.channel).recipient_kind
+        header, rows = read_table(path)
+        try:
+            plan = plan_columns(header, mapping, account_kind)
+        except FieldError as exc:
+            raise ImportError_(f"{path}: {exc}") from None
+        if not any(f in MERGE_KINDS for _, f in plan.fields) and not plan.account_fields:
+            raise ImportError_(
+                f"{path} has no id column: give at least one of phone, email, unionid"
+                + (f", openid, external_userid or {account_kind}" if account_kind else "")
+                + f" (its columns are {', '.join(header)}; rename or map one with --map)"
+            )
         errors_path = path.with_name(path.name + ".errors.csv")
-        rows = imported = new = rejected = 0
-        with (
-            path.open(newline="", encoding="utf-8-sig") as fh,
-            errors_path.open("w", newline="", encoding="utf-8") as err_fh,
-        ):
-            reader = csv.reader(fh)  # plain rows: DictReader costs ~5 µs a row in dicts
-            header = next(reader, None)
-            if not header:
-                raise ImportError_(f"{path} is empty: the first line must name the columns")
-            col = column or (kind if kind in header else header[0])
-            if col not in header:
-                raise ImportError_(
-                    f"{path} has no column {col!r}; its columns are {', '.join(header)}"
-                )
-            index = header.index(col)
-            known = self.c.accounts.has_identities(acc.id, kind)
+        run = _ImportRun(self.c, plan, account_id, started)
+        with errors_path.open("w", newline="", encoding="utf-8") as err_fh:
             errors = csv.writer(err_fh)
             errors.writerow(["row", "column", "value", "reason"])
-            for page in _pages(reader):
-                valid: list[str] = []
-                for number, row in page:
-                    rows += 1
-                    raw = row[index] if index < len(row) else ""
-                    try:
-                        valid.append(normalise(kind, raw))
-                    except (ValueError, PhoneError) as exc:
-                        rejected += 1
-                        errors.writerow([number, col, raw, str(exc)])
-                if valid:
-                    new += self.c.accounts.upsert_identities(acc.id, kind, valid, started, known)
-                    imported += len(valid)
+            run.errors = errors
+            run.load_tags()
+            for page in _pages(rows, PAGE):
+                run.page(page)
                 if progress:
-                    progress("importing", rows, None)
-        if not rejected:
+                    progress("importing", run.rows, None)
+        run.finish()
+        merged = 0
+        if merge and run.evidence:
+            # Set-based and incremental: one statement over the keys of the people this file
+            # linked to someone else (``qunfa contacts merge-run`` does the full pass).
+            if progress:
+                progress("merging", 0, None)
+            merged = len(self.c.people.merge_for(run.evidence, actor=actor))
+        if not run.problems:
             errors_path.unlink()
         return ImportReport(
-            rows, imported, new, rejected, errors_path if rejected else None,
-            time.time() - started,
-        )  # fmt: skip
+            rows=run.rows,
+            imported=run.imported,
+            new=run.new,
+            rejected=run.rejected,
+            errors_file=errors_path if run.problems else None,
+            seconds=time.time() - started,
+            updated=run.updated,
+            field_errors=run.field_errors,
+            identities_new=run.identities_new,
+            merged=merged,
+        )
+
+    # -- export ---------------------------------------------------------------------------------
+    def export(
+        self,
+        out: Path,
+        *,
+        reason: str,
+        segment: str | None = None,
+        fmt: str | None = None,
+        actor: str = "system",
+        progress: Progress | None = None,
+    ) -> ExportReport:
+        """Write the live people of ``segment`` (all when None), decrypted, to ``out``.
+
+        Columns: contact_id, name, phone, email, unionid, city, province, gender, birthday,
+        timezone, registered_at (ISO, China time), tags, attrs (JSON) — the importer reads the
+        file back. Exporting PII is audited: ``reason`` is required and is written with the
+        filter, row count and file name to ``audit_log`` (action ``contacts.export``).
+        """
+        started = time.time()
+        if not reason or not reason.strip():
+            raise ExportError(
+                "exporting people's data needs a reason (--reason 'why'); it is kept in the "
+                "audit log with the filter and row count"
+            )
+        fmt = (fmt or out.suffix.lstrip(".") or "csv").lower()
+        if fmt not in ("csv", "xlsx"):
+            raise ExportError(f"export format {fmt!r} is not supported: use csv or xlsx")
+        ids_query = select(contacts.c.id).where(contacts.c.merged_into.is_(None))
+        if segment is not None:
+            from qunfa.domain.segments import SegmentError, parse_segment
+            from qunfa.storage.segment_sql import compile_segment
+
+            try:
+                compiled = compile_segment(parse_segment(segment), account_id=None)
+            except SegmentError as exc:
+                raise ExportError(f"segment: {exc}") from None
+            ids_query = ids_query.where(contacts.c.id.in_(compiled.subquery().select()))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writer = _writer(out, fmt)
+        count = 0
+        try:
+            writer.row(list(EXPORT_COLUMNS))
+            for page in self._export_pages(ids_query):
+                for row in page:
+                    writer.row(row)
+                count += len(page)
+                if progress:
+                    progress("exporting", count, None)
+        finally:
+            writer.close()
+        with self.c.engine.begin() as conn:
+            audit_id = write_audit(
+                conn, actor, "contacts.export", f"segment:{segment}" if segment else "all",
+                {"filter": segment or "all", "rows": count, "file": out.name, "format": fmt,
+                 "reason": reason.strip()},
+            )  # fmt: skip
+        return ExportReport(count, out, time.time() - started, audit_id)
+
+    def _export_pages(self, ids_query: Any, size: int = 5000) -> Iterator[list[list[Any]]]:
+        ring = self.c.keyring
+        last = 0
+        while True:
+            with self.c.engine.connect() as conn:
+                page_ids = [
+                    int(i)
+                    for i in conn.execute(
+                        ids_query.where(contacts.c.id > last).order_by(contacts.c.id).limit(size)
+                    ).scalars()
+                ]
+                if not page_ids:
+                    return
+                last = page_ids[-1]
+                people = conn.execute(
+                    select(contacts).where(contacts.c.id.in_(page_ids)).order_by(contacts.c.id)
+                ).all()
+                ids_of: dict[int, dict[str, list[bytes]]] = defaultdict(lambda: defaultdict(list))
+                for cid, kind, enc in conn.execute(
+                    select(identities.c.contact_id, identities.c.kind, identities.c.value_enc)
+                    .where(
+                        identities.c.contact_id.in_(page_ids),
+                        identities.c.account_id.is_(None),
+                    )
+                    .order_by(identities.c.id)
+                ):
+                    ids_of[cid][kind].append(enc)
+                tags_of: dict[int, list[str]] = defaultdict(list)
+                for cid, name in conn.execute(
+                    select(contact_tags.c.contact_id, tags_t.c.name)
+                    .join(tags_t, tags_t.c.id == contact_tags.c.tag_id)
+                    .where(contact_tags.c.contact_id.in_(page_ids))
+                    .order_by(tags_t.c.name)
+                ):
+                    tags_of[cid].append(name)
+            out: list[list[Any]] = []
+            for p in people:
+                held = ids_of.get(p.id, {})
+
+                def values(kind: str, held: Mapping[str, list[bytes]] = held) -> str:
+                    # Same key twice (merge evidence) is shown once.
+                    return ";".join(dict.fromkeys(ring.decrypt(e) for e in held.get(kind, [])))
+
+                out.append([
+                    p.id, ring.decrypt(p.name_enc) if p.name_enc else "",
+                    values("phone"), values("email"), values("unionid"),
+                    p.city or "", p.province or "", p.gender or "", p.birthday or "",
+                    p.timezone or "", _iso(p.registered_at), ";".join(tags_of.get(p.id, [])),
+                    json.dumps(p.attrs, ensure_ascii=False) if p.attrs else "",
+                ])  # fmt: skip
+            yield out
 
 
-def _pages(reader: Iterator[list[str]]) -> Iterator[list[tuple[int, list[str]]]]:
-    page: list[tuple[int, list[str]]] = []
-    for number, row in enumerate(reader, start=2):  # row 1 is the header
-        page.append((number, row))
-        if len(page) == PAGE:
-            yield page
-            page = []
-    if page:
-        yield page
+EXPORT_COLUMNS = (
+    "contact_id", "name", "phone", "email", "unionid", "city", "province", "gender",
+    "birthday", "timezone", "registered_at", "tags", "attrs",
+)  # fmt: skip
+
+
+def _iso(at: float | None) -> str:
+    if at is None:
+        return ""
+    from qunfa.domain.fields import CHINA
+
+    return datetime.fromtimestamp(at, CHINA).isoformat(sep=" ")
+
+
+class _Writer:
+    def row(self, values: list[Any]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _CsvWriter(_Writer):
+    def __init__(self, out: Path) -> None:
+        # UTF-8 with BOM: Excel opens it with the right encoding.
+        self.fh = out.open("w", newline="", encoding="utf-8-sig")
+        self.w = csv.writer(self.fh)
+
+    def row(self, values: list[Any]) -> None:
+        self.w.writerow(values)
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class _XlsxWriter(_Writer):
+    def __init__(self, out: Path) -> None:
+        import xlsxwriter  # type: ignore[import-untyped]
+
+        # constant_memory: rows are flushed as written, so memory stays flat at any size.
+        self.book = xlsxwriter.Workbook(str(out), {"constant_memory": True})
+        self.sheet = self.book.add_worksheet("contacts")
+        self.n = 0
+
+    def row(self, values: list[Any]) -> None:
+        # Ids and phone numbers as text: Excel would turn them into floats.
+        for col, v in enumerate(values):
+            if isinstance(v, int):
+                self.sheet.write_number(self.n, col, v)
+            else:
+                self.sheet.write_string(self.n, col, str(v))
+        self.n += 1
+
+    def close(self) -> None:
+        self.book.close()
+
+
+def _writer(out: Path, fmt: str) -> _Writer:
+    return _XlsxWriter(out) if fmt == "xlsx" else _CsvWriter(out)
+
+
+# --- one import run -----------------------------------------------------------------------------
+
+
+class _ImportRun:
+    """The state of one import: counters, the tag cache and the page algorithm."""
+
+    def __init__(self, c: Container, plan: ColumnPlan, account_id: int | None, now: float) -> None:
+        self.c = c
+        self.plan = plan
+        self.account_id = account_id
+        self.now = now
+        self.errors: Any = None
+        self.rows = self.imported = self.new = self.rejected = 0
+        self.updated = self.field_errors = self.identities_new = 0
+        self.tag_ids: dict[str, int] = {}
+        self.touched_tags: set[int] = set()
+        # People this run gave an id someone else holds: the merge pass looks only at them.
+        self.evidence: set[int] = set()
+        self.evidence_slots: set[int] = set()
+        # Fields in resolution order: the strongest evidence of who a row is comes first.
+        order = {"unionid": 0, "phone": 1, "email": 2}
+        self.fields = sorted(
+            ((i, f, normaliser(f)) for i, f in plan.fields),
+            key=lambda t: order.get(t[1], 3),
+        )
+        # (scope, kind) of each id field: account-less merge kinds, and the account's ids.
+        self.keys: list[tuple[str, int | None]] = [
+            (f, None) for _, f, _ in self.fields if f in MERGE_KINDS
+        ] + [(f, account_id) for _, f, _ in self.fields if f in plan.account_fields]
+
+    @property
+    def problems(self) -> int:
+        return self.rejected + self.field_errors
+
+    def load_tags(self) -> None:
+        with self.c.engine.connect() as conn:
+            for tid, name in conn.execute(
+                select(tags_t.c.id, tags_t.c.name).where(tags_t.c.account_id.is_(None))
+            ):
+                self.tag_ids.setdefault(name, int(tid))
+
+    # -- validation ----------------------------------------------------------------------------
+    def _validate(
+        self, page: list[tuple[int, list[str]]]
+    ) -> list[tuple[dict[str, Any], dict[str, str] | None]]:
+        fields, extra_cols, header = self.fields, self.plan.extra, self.plan.header
+        keys = {k for k, _ in self.keys}
+        write = self.errors.writerow
+        valid: list[tuple[dict[str, Any], dict[str, str] | None]] = []
+        for number, row in page:
+            n = len(row)
+            vals: dict[str, Any] = {}
+            bad: list[tuple[str, str, str]] = []
+            for i, f, fn in fields:
+                raw = row[i] if i < n else ""
+                if not raw or raw.isspace():
+                    continue
+                try:
+                    vals[f] = fn(raw)
+                except FieldError as exc:
+                    bad.append((header[i], raw, str(exc)))
+            if not keys.intersection(vals):
+                self.rejected += 1
+                why = "; row not imported: it has no usable id"
+                for col, raw, reason in bad:
+                    write([number, col, raw, reason + why])
+                if not bad:
+                    write([number, "", "", "the row has no id: fill one of " + ", ".join(keys)])
+                continue
+            for col, raw, reason in bad:
+                self.field_errors += 1
+                write([number, col, raw, reason + "; the row was imported without it"])
+            extra = None
+            if extra_cols:
+                extra = {k: row[i].strip() for i, k in extra_cols if i < n and row[i].strip()}
+                if "" in extra:
+                    extra.update(_json_attrs(extra.pop("")))
+            valid.append((vals, extra))
+        return valid
+
+    # -- one page ------------------------------------------------------------------------------
+    def page(self, page: list[tuple[int, list[str]]]) -> None:
+        self.rows += len(page)
+        valid = self._validate(page)
+        if not valid:
+            return
+        self.imported += len(valid)
+        ring = self.c.keyring
+        blind = ring.blind
+        keys = self.keys
+        # Blind index of every id once (a value used as two kinds shares it).
+        bis: dict[str, bytes] = {}
+        for vals, _ in valid:
+            for kind, _scope in keys:
+                v = vals.get(kind)
+                if v is not None and v not in bis:
+                    bis[v] = blind(v)
+        with self.c.engine.begin() as conn, bulk_cache(conn):
+            holders = self._holders(conn, valid, bis)
+            slots: list[_Slot] = []
+            row_slot: list[int] = []
+            claimed: dict[tuple[str, int | None, bytes], int] = {}  # new ids → slot
+            existing_slot: dict[int, int] = {}  # contact id → slot
+            new_ids: list[tuple[int, str, int | None, str, bytes]] = []  # slot, kind, scope …
+            for vals, extra in valid:
+                found: int | None = None
+                for kind, scope in keys:
+                    v = vals.get(kind)
+                    if v is None:
+                        continue
+                    k = (kind, scope, bis[v])
+                    if k in claimed:
+                        found = claimed[k]
+                        break
+                    held = holders.get(k)
+                    if held:
+                        cid = min(held)
+                        found = existing_slot.get(cid)
+                        if found is None:
+                            found = existing_slot[cid] = len(slots)
+                            slots.append(_Slot(cid))
+                        break
+                if found is None:
+                    found = len(slots)
+                    slots.append(_Slot(None))
+                slot = slots[found]
+                for kind, scope in keys:
+                    v = vals.get(kind)
+                    if v is None:
+                        continue
+                    k = (kind, scope, bis[v])
+                    held = holders.get(k)
+                    if k in claimed or (held and slot.contact_id in held):
+                        continue
+                    if held and scope is not None:
+                        continue  # an account's id is unique: it stays with its person
+                    # New, or held by someone else: then it is merge evidence on this person.
+                    if held:
+                        self.evidence.update(held)
+                        self.evidence_slots.add(found)
+                    claimed[k] = found
+                    new_ids.append((found, kind, scope, v, bis[v]))
+                for name in ("name", *ATTR_COLUMNS):
+                    if name in vals:
+                        slot.values[name] = vals[name]
+                if "tags" in vals:
+                    slot.tags.extend(t for t in vals["tags"] if t not in slot.tags)
+                if extra:
+                    slot.extra.update(extra)
+                row_slot.append(found)
+            matched = [s for s in slots if s.contact_id is not None]
+            self._update_existing(conn, matched)
+            self._insert_new(conn, [s for s in slots if s.contact_id is None])
+            if new_ids:
+                encs = ring.encrypt_many([v for _, _, _, v, _ in new_ids])
+                now = self.now
+                rows = [
+                    (slots[s].contact_id, scope, kind, enc, bi, True, now, now)
+                    for (s, kind, scope, _, bi), enc in zip(new_ids, encs, strict=True)
+                ]
+                # In unique-index order: each insert lands next to the previous one in the
+                # (account_id, kind, value_bi) B-tree instead of on a random page.
+                rows.sort(key=lambda r: (r[2], r[1] or 0, r[4]))
+                insert_rows(
+                    conn,
+                    "identities",
+                    ("contact_id", "account_id", "kind", "value_enc", "value_bi", "subscribed",
+                     "subscribed_at", "updated_at"),
+                    rows,
+                )  # fmt: skip
+                self.identities_new += len(new_ids)
+            self._tag(conn, slots, {cast(int, s.contact_id) for s in matched})
+            self.evidence.update(cast(int, slots[i].contact_id) for i in self.evidence_slots)
+            self.evidence_slots.clear()
+
+    def finish(self) -> None:
+        """Recount the members of the tags this run added people to (one statement)."""
+        if not self.touched_tags:
+            return
+        members = (
+            select(func.count())
+            .select_from(contact_tags)
+            .where(contact_tags.c.tag_id == tags_t.c.id)
+            .scalar_subquery()
+        )
+        with self.c.engine.begin() as conn:
+            conn.execute(
+                update(tags_t)
+                .where(tags_t.c.id.in_(sorted(self.touched_tags)))
+                .values(member_count=members)
+            )
+
+    def _holders(
+        self,
+        conn: Connection,
+        valid: list[tuple[dict[str, Any], dict[str, str] | None]],
+        bis: dict[str, bytes],
+    ) -> dict[tuple[str, int | None, bytes], set[int]]:
+        """Who already holds each id of the page: one indexed IN lookup per id kind."""
+        out: dict[tuple[str, int | None, bytes], set[int]] = {}
+        for kind, scope in self.keys:
+            wanted = list({bis[v[kind]] for v, _ in valid if kind in v})
+            for bi, cid in lookup_identities(conn, scope, kind, wanted):
+                out.setdefault((kind, scope, bi), set()).add(cid)
+        return out
+
+    def _insert_new(self, conn: Connection, slots: list[_Slot]) -> None:
+        if not slots:
+            return
+        ring = self.c.keyring
+        names = [s.values.get("name") for s in slots]
+        named = [n for n in names if n is not None]
+        encs = iter(ring.encrypt_many(named))
+        now = self.now
+        rows = []
+        for s, name in zip(slots, names, strict=True):
+            v = s.values
+            rows.append((
+                now, now, next(encs) if name is not None else None, v.get("city"),
+                v.get("province"), v.get("gender"), v.get("birthday"), v.get("timezone"),
+                v.get("registered_at"),
+                json.dumps(s.extra, ensure_ascii=False) if s.extra else "{}",
+            ))  # fmt: skip
+        ids = insert_rows_returning_ids(
+            conn,
+            "contacts",
+            ("created_at", "updated_at", "name_enc", *ATTR_COLUMNS, "attrs"),
+            rows,
+        )
+        for s, cid in zip(slots, ids, strict=True):
+            s.contact_id = cid
+        self.new += len(slots)
+
+    def _update_existing(self, conn: Connection, slots: list[_Slot]) -> None:
+        """Write what the file changes on people it matched — only what differs."""
+        if not slots:
+            return
+        ring = self.c.keyring
+        by_id = {s.contact_id: s for s in slots}
+        ids = list(by_id)
+        changes: list[dict[str, Any]] = []
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            for row in conn.execute(
+                select(contacts.c.id, contacts.c.name_enc, contacts.c.attrs,
+                       *(contacts.c[c] for c in ATTR_COLUMNS))
+                .where(contacts.c.id.in_(ids[start : start + LOOKUP_CHUNK]))
+            ):  # fmt: skip
+                s = by_id[row.id]
+                change: dict[str, Any] = {
+                    c: s.values[c]
+                    for c in ATTR_COLUMNS
+                    if c in s.values and s.values[c] != row._mapping[c]
+                }
+                name = s.values.get("name")
+                if name is not None and (
+                    row.name_enc is None or ring.decrypt(row.name_enc) != name
+                ):
+                    change["name_enc"] = ring.encrypt(name)
+                attrs = dict(row.attrs or {})
+                if s.extra and any(attrs.get(k) != v for k, v in s.extra.items()):
+                    change["attrs"] = {**attrs, **s.extra}
+                if change:
+                    change["id"] = row.id
+                    changes.append(change)
+        if changes:
+            self.updated += len(changes)
+            # Grouped by the set of changed columns: one executemany per shape.
+            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+            for ch in changes:
+                shapes[tuple(sorted(ch))].append(ch)
+            for shape, group in shapes.items():
+                cols = [c for c in shape if c != "id"]
+                conn.execute(
+                    update(contacts)
+                    .where(contacts.c.id == bindparam("cid"))
+                    .values({**{c: bindparam(f"v_{c}") for c in cols}, "updated_at": self.now}),
+                    [{"cid": g["id"], **{f"v_{c}": g[c] for c in cols}} for g in group],
+                )
+
+    def _tag(self, conn: Connection, slots: list[_Slot], existing: set[int]) -> None:
+        """qunfa's own tags (account-less) on the page's people; missing tags are created."""
+        tagged = [s for s in slots if s.tags]
+        if not tagged:
+            return
+        missing = sorted({t for s in tagged for t in s.tags if t not in self.tag_ids})
+        if missing:
+            for name in missing:
+                self.tag_ids[name] = int(
+                    conn.execute(
+                        insert(tags_t)
+                        .values(account_id=None, name=name, source="manual", member_count=0)
+                        .returning(tags_t.c.id)
+                    ).scalar_one()
+                )
+        pairs = {(self.tag_ids[t], cast(int, s.contact_id)) for s in tagged for t in s.tags}
+        have: set[tuple[int, int]] = set()
+        # Only people who existed before this page can hold some of these tags already.
+        cids = list({s.contact_id for s in tagged if s.contact_id in existing})
+        for start in range(0, len(cids), LOOKUP_CHUNK):
+            have.update(
+                (int(t), int(c))
+                for t, c in conn.execute(
+                    select(contact_tags.c.tag_id, contact_tags.c.contact_id).where(
+                        contact_tags.c.contact_id.in_(cids[start : start + LOOKUP_CHUNK])
+                    )
+                )
+            )
+        fresh = sorted(pairs - have)
+        if fresh:
+            insert_rows(conn, "contact_tags", ("tag_id", "contact_id"), fresh)
+            self.touched_tags.update(t for t, _ in fresh)
+
+
+def _json_attrs(text: str) -> dict[str, Any]:
+    """The custom attributes of an export's ``attrs`` column (a JSON object), else nothing."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def lookup_identities(
+    conn: Connection, account_id: int | None, kind: str, blinds: Sequence[bytes]
+) -> Iterable[tuple[bytes, int]]:
+    """``(blind index, contact id)`` of the identities of ``kind`` on ``account_id`` (None:
+    account-less) among ``blinds``: the unique index (account_id, kind, value_bi), probed once
+    per value, on the raw DBAPI cursor (SQLAlchemy's per-parameter handling would cost more
+    than the probes)."""
+    dbapi: Any = conn.connection.driver_connection
+    scope = "account_id IS NULL" if account_id is None else "account_id = {p}"
+    if conn.dialect.name == "postgresql":
+        sql = (
+            "SELECT value_bi, contact_id FROM identities WHERE "
+            + scope.format(p="%s")
+            + " AND kind = %s AND value_bi = ANY(%s)"
+        )
+        with dbapi.cursor() as cur:
+            for start in range(0, len(blinds), LOOKUP_CHUNK):
+                chunk = list(blinds[start : start + LOOKUP_CHUNK])
+                head: list[Any] = [] if account_id is None else [account_id]
+                cur.execute(sql, [*head, kind, chunk])
+                for bi, cid in cur.fetchall():
+                    yield bytes(bi), int(cid)
+        return
+    cur = dbapi.cursor()
+    try:
+        for start in range(0, len(blinds), LOOKUP_CHUNK):
+            chunk = list(blinds[start : start + LOOKUP_CHUNK])
+            head = [] if account_id is None else [account_id]
+            sql = (
+                "SELECT value_bi, contact_id FROM identities WHERE "
+                + scope.format(p="?")
+                + " AND kind = ? AND value_bi IN ("
+                + ",".join("?" * len(chunk))
+                + ")"
+            )
+            for bi, cid in cur.execute(sql, [*head, kind, *chunk]).fetchall():
+                yield bytes(bi), int(cid)
+    finally:
+        cur.close()

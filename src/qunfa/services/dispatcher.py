@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -26,8 +27,10 @@ from qunfa.channels.base import OutboundBatch
 from qunfa.channels.http import HttpClient
 from qunfa.channels.registry import channel_class
 from qunfa.domain.backoff import backoff_delay
-from qunfa.domain.outcomes import BatchOutcome, ErrorClass
+from qunfa.domain.outcomes import BatchOutcome, ErrorClass, PlatformError
 from qunfa.domain.states import TERMINAL_BATCH_STATES, BatchState, CampaignState
+from qunfa.services import list_minimum
+from qunfa.services.personalise import personalise_batch
 from qunfa.storage import queries as q
 from qunfa.storage.models import Account, Batch, Campaign
 
@@ -84,6 +87,8 @@ class Dispatcher:
         batch, camp, acc = found
         if camp.state != CampaignState.SENDING:
             return f"campaign {camp.state}"
+        if (refused := self.c.review.refuse_batch(camp)) is not None:
+            return str(refused)  # content changed after check/approval: the gate, again
         now = time.time()
         with self.c.engine.begin() as conn:
             leased = conn.execute(
@@ -114,11 +119,35 @@ class Dispatcher:
             self._finish(batch, owner, BatchState.UNKNOWN, reason)
             return BatchState.UNKNOWN
 
+        # Consent (docs/consent.md): withdrawals since planning are honoured right here.
+        check = self.c.consent.before_send(camp, batch.batch_no)
+        if check.hold is not None:
+            self._commit(batch, owner, {"state": BatchState.RETRY, "enqueued_at": None})
+            self.pause(camp.id, f"consent: {check.hold}")
+            return BatchState.RETRY
+        camp.mode = check.mode
         rows = self._recipients(camp.id, batch.batch_no) if camp.mode != "to_all" else []
-        if camp.mode in ("list", "template") and not rows:
+        if not rows and (camp.mode in ("list", "template") or check.skipped):
             self._finish(batch, owner, BatchState.DONE, None)  # every recipient already settled
             return BatchState.DONE
+        rules = self.c.accounts.config(acc, camp.channel).rules
+        if (lone := list_minimum.refusal(camp.channel, camp.mode, rules, len(rows))) is not None:
+            # mass/send with one openid is refused (40130): fail them here, say what to use.
+            self._finish(batch, owner, BatchState.FAILED, lone)
+            return BatchState.FAILED
         recipients = [openid for _, openid in rows]
+        content = camp.content
+        if "material_id" in content:  # a material reference: resolve it, upload its media once
+            try:
+                content = await self.c.materials.content_for_send(content, acc, camp.channel, http)
+            except Exception as exc:  # any upload failure: nothing was sent yet
+                return self._material_failed(batch, owner, exc)
+        # Per-recipient rendering (docs/content.md, services/personalise.py); None: same for all.
+        personal = personalise_batch(self.c, camp.channel, content, camp.id, batch.batch_no, rows)
+        if personal is not None and not cls.personalises:  # never send a raw {{ name }}
+            why = f"{camp.channel} cannot send per-recipient content; remove per-person variables"
+            self._finish(batch, owner, BatchState.FAILED, why)
+            return BatchState.FAILED
         self._mark(camp.id, batch.batch_no, ("planned",), "sending", None)
 
         adapter = self.c.accounts.adapter(acc, http, camp.channel)
@@ -130,12 +159,61 @@ class Dispatcher:
             batch_no=batch.batch_no,
             key=batch.idempotency_key,
             mode=camp.mode,
-            content=camp.content,
-            recipients=recipients,
+            content=content,
+            recipients=recipients if personal is None else personal.recipients,
             tag_id=tag_id,
+            unsubscribe=self._unsubscribe_tokens(camp.channel, rows),
+            personal=None if personal is None else personal.content,
         )
-        outcome = await adapter.send_batch(outbound)
+        if personal is None or personal.content:
+            outcome = await adapter.send_batch(outbound)
+        else:  # every recipient failed to render: nothing to send
+            outcome = BatchOutcome(accepted=True, done=True)
+        if personal is not None:
+            outcome = personal.merge(outcome)
+        if content is not camp.content:
+            outcome = self._media_refused(batch, content, outcome)
         return self.record(batch, camp, owner, outcome, dict((o, d) for d, o in rows))
+
+    # -- material media (docs/content.md) ------------------------------------------------------
+    def _material_failed(self, batch: Batch, owner: str, exc: Exception) -> str:
+        """Resolving or uploading the campaign's material failed before anything was sent.
+
+        A refusal of the file itself (type, size: :class:`MaterialError`) fails the batch with
+        the platform's words; anything else (network, token) is retried with backoff.
+        """
+        from qunfa.services.materials import MaterialError
+
+        if isinstance(exc, MaterialError):
+            self._finish(batch, owner, BatchState.FAILED, f"material: {exc}"[:500])
+            return BatchState.FAILED
+        wait = backoff_delay(
+            batch.attempts, base=self.c.settings.retry_base, cap=self.c.settings.retry_max
+        )
+        values = {
+            "state": BatchState.RETRY,
+            "next_attempt_at": time.time() + wait,
+            "enqueued_at": None,
+            "last_error": f"material upload: {exc!r}"[:500],
+        }
+        self._commit(batch, owner, values)
+        return BatchState.RETRY
+
+    def _media_refused(
+        self, batch: Batch, sent: dict[str, Any], outcome: BatchOutcome
+    ) -> BatchOutcome:
+        """40007 (invalid media_id) on content built from a material: the platform forgot a
+        cached upload (deleted, expired early). Forget it here too and retry once — the retry
+        uploads again. A second 40007 in a row is the batch's error as classified."""
+        error = outcome.error
+        if outcome.accepted or error is None or str(error.code) != "40007":
+            return outcome
+        for media_id in _media_ids(sent):
+            self.c.materials.invalidate(media_id)
+        if batch.last_errcode == "40007":
+            return outcome
+        retry = PlatformError(error.code, error.message, ErrorClass.RETRYABLE, error.retry_after)
+        return dataclasses.replace(outcome, error=retry)
 
     # -- reading --------------------------------------------------------------------------------
     def _recipients(self, campaign_id: int, batch_no: int) -> list[tuple[int, str]]:
@@ -145,6 +223,13 @@ class Dispatcher:
                 q.BATCH_RECIPIENTS, {"campaign_id": campaign_id, "batch_no": batch_no}
             )
             return [(int(did), decrypt(enc)) for did, enc in result]
+
+    def _unsubscribe_tokens(self, channel: str, rows: list[tuple[int, str]]) -> dict[str, str]:
+        """Signed one-click unsubscribe tokens (``/u/<token>``) per recipient, for e-mail."""
+        if channel != "email":
+            return {}
+        token = self.c.consent.unsubscribe_token
+        return {recipient: token(did) for did, recipient in rows}
 
     def _platform_tag_id(self, account_id: int, name: str) -> int | None:
         from qunfa.storage.models import Tag
@@ -165,7 +250,7 @@ class Dispatcher:
     ) -> None:
         with self.c.engine.begin() as conn:
             conn.execute(
-                q.MARK_BATCH_DELIVERIES,
+                q.mark_batch_sql(from_status, to_status),
                 {
                     "campaign_id": campaign_id,
                     "batch_no": batch_no,
@@ -201,7 +286,7 @@ class Dispatcher:
                 return False
             for from_status, to_status, reason in moves:
                 conn.execute(
-                    q.MARK_BATCH_DELIVERIES,
+                    q.mark_batch_sql(from_status, to_status),
                     {
                         "campaign_id": batch.campaign_id,
                         "batch_no": batch.batch_no,
@@ -230,6 +315,15 @@ class Dispatcher:
     ) -> str:
         now = time.time()
         self._record_recipients(outcome, delivery_of, now)
+        # Ids and counts only: recipients are PII, and platform messages may quote them.
+        log.info(
+            "campaign %s batch %s (#%s, attempt %s): %s; %d recipient(s) accepted, %d failed%s",
+            camp.id, batch.id, batch.batch_no, batch.attempts,
+            "accepted" if outcome.accepted else f"error {outcome.error and outcome.error.code}",
+            len(outcome.recipient_msg_ids), len(outcome.recipient_failures),
+            f"; first failure: {next(iter(outcome.recipient_failures.values())).describe()}"
+            if outcome.recipient_failures else "",
+        )  # fmt: skip
         if outcome.accepted:
             state = BatchState.DONE if outcome.done else BatchState.ACCEPTED
             values = {
@@ -352,3 +446,16 @@ class Dispatcher:
             )
             s.commit()
             return True
+
+
+_MEDIA_KEYS = ("media_id", "thumb_media_id", "pic_media_id")
+
+
+def _media_ids(value: Any) -> list[str]:
+    """Every media id in a channel content (``media_id``, ``thumb_media_id``, ``pic_media_id``)."""
+    if isinstance(value, dict):
+        found = [str(v) for k, v in value.items() if k in _MEDIA_KEYS and isinstance(v, str)]
+        return found + [m for v in value.values() for m in _media_ids(v)]
+    if isinstance(value, list):
+        return [m for v in value for m in _media_ids(v)]
+    return []

@@ -16,17 +16,26 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
+from qunfa.storage.models import Base
+
 if TYPE_CHECKING:
     from qunfa.bootstrap import Container
 
 Progress = Callable[[str, int, int | None], None]
 PAGE = 10_000
-# Every encrypted column: (table, primary key, column). Add new *_enc columns here.
-ENCRYPTED_COLUMNS = (
-    ("identities", "id", "value_enc"),
-    ("accounts", "id", "credentials_enc"),
-    ("access_tokens", "account_id", "token_enc"),
-)
+
+
+def encrypted_columns() -> list[tuple[str, str, str]]:
+    """Every encrypted column as (table, primary key, column): each ``*_enc`` column of the
+    models, so a new one is rotated without anyone remembering to list it."""
+    found = []
+    for table in Base.metadata.sorted_tables:
+        pk = [c.name for c in table.primary_key.columns]
+        for col in table.columns:
+            if col.name.endswith("_enc"):
+                assert len(pk) == 1, f"{table.name}: rotation needs a single-column primary key"
+                found.append((table.name, pk[0], col.name))
+    return found
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ class KeyService:
         kid = ring.add_key()
         ring.save(self.c.settings.keyring_path)  # before any write uses the new key
         done = 0
-        for table, pk, column in ENCRYPTED_COLUMNS:
+        for table, pk, column in encrypted_columns():
             done += self._reencrypt(table, pk, column, kid, progress, done)
         return RotationReport(kid, done, time.time() - started)
 
@@ -55,7 +64,8 @@ class KeyService:
     ) -> int:
         ring = self.c.keyring
         select = text(
-            f"SELECT {pk}, {column} FROM {table} WHERE {pk} > :after ORDER BY {pk} LIMIT :n"
+            f"SELECT {pk}, {column} FROM {table} WHERE {pk} > :after AND {column} IS NOT NULL "
+            f"ORDER BY {pk} LIMIT :n"
         )
         # Guarded by the value we read: a concurrent writer (a token refresh, an account edit)
         # wins, and its value is already under a current key.

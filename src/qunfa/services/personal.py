@@ -351,7 +351,7 @@ class PersonalService:
     ) -> None:
         for no in batch_nos:  # one statement per batch: IN-lists cannot be executemany'd
             conn.execute(
-                q.MARK_BATCH_DELIVERIES,
+                q.mark_batch_sql(from_status, to_status),
                 {
                     "campaign_id": campaign_id,
                     "batch_no": no,

@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qunfa.reconcile")
 _ERR = re.compile(r"err\((\d+)\)")
+# MASSSENDJOBFINISH Status codes of API mass-send protection (风险操作保护, reference §1.3).
+ADMIN_REFUSALS = {
+    "40001": "the Official Account's admin refused this mass send (API mass-send protection, "
+    "err(40001)); it was not sent and is not retried: ask the admin, then send a new campaign",
+    "40002": "the Official Account's admin did not confirm this mass send within 30 minutes "
+    "(API mass-send protection, err(40002)); it was not sent and is not retried: send a new "
+    "campaign when the admin can confirm it",
+}
 
 
 def mass_event_key(acc: Account, msg_id: str) -> str:
@@ -71,7 +79,10 @@ class Reconciler:
         key = (
             f"{acc.app_id}:{event}:{fields.get('FromUserName', '')}:{fields.get('CreateTime', '')}"
         )
-        self._store_event(acc, event or fields.get("MsgType", "message"), key, fields)
+        fresh = self._store_event(acc, event or fields.get("MsgType", "message"), key, fields)
+        if fresh and event in ("subscribe", "unsubscribe"):  # consent: docs/consent.md
+            self.c.consent.oa_follow_change(acc, fields)
+        self.c.behaviour.on_wechat_event(acc, fields)  # messages, menu clicks → person events
         return "stored"
 
     def _mass_job_finish(self, acc: Account, fields: dict[str, str]) -> str:
@@ -117,10 +128,14 @@ class Reconciler:
             "finished_at": time.time(),
             "state": BatchState.DONE if ok else BatchState.FAILED,
         }
+        admin = None
         if not ok:
             values["last_error"] = f"platform job ended with {status!r}"
             if m := _ERR.search(status):
                 values["last_errcode"] = m.group(1)
+                admin = ADMIN_REFUSALS.get(m.group(1))  # API mass-send protection
+                if admin:
+                    values["last_error"] = admin
         with self.c.sessions() as s:
             s.execute(
                 update(Batch)
@@ -142,6 +157,12 @@ class Reconciler:
                 .where(Event.dedupe_key == mass_event_key(acc, msg_id))
                 .values(batch_id=batch.id, campaign_id=batch.campaign_id)
             )
+            if admin:  # the campaign says why: the platform holds the job, qunfa never re-sends
+                s.execute(
+                    update(Campaign)
+                    .where(Campaign.id == batch.campaign_id)
+                    .values(last_error=admin)
+                )
             s.commit()
         self.c.dispatcher.check_campaign(batch.campaign_id)
         return "recorded"

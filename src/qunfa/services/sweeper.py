@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 
+from qunfa.services import scheduling
 from qunfa.storage import queries as q
 from qunfa.storage.models import Batch, Campaign
 
@@ -42,6 +43,8 @@ class Sweeper:
 
     def sweep(self) -> dict[str, int]:
         """One pass; returns what it did (for logs and tests)."""
+        timed = scheduling.sweep(self.c)  # recurring runs due (then started below), STO hours
+        scheduled = self.c.review.start_due()  # scheduled campaigns whose time has come
         ids = self.due_batches()
         if ids:
             with self.c.sessions() as s:
@@ -50,12 +53,15 @@ class Sweeper:
             self.c.enqueue(ids)
         settled = self.c.reconciler.settle_accepted(self.c.settings.settle_after)
         reminded = self.c.tasks.remind_due()
+        self.c.behaviour.refresh_due()  # behaviour facts every few minutes; never raises
         closed = 0
         with self.c.sessions() as s:
             sending = list(s.scalars(select(Campaign.id).where(Campaign.state == "sending")))
         for cid in sending:
             closed += int(self.c.dispatcher.check_campaign(cid))
-        return {"enqueued": len(ids), "settled": settled, "reminded": reminded, "closed": closed}
+        tags = self.c.tags.sweep()  # rule tags due, then the tag outbox (services/tags.py)
+        return {"enqueued": len(ids), "settled": settled, "reminded": reminded, "closed": closed,
+                "scheduled": scheduled, **tags, **timed}  # fmt: skip
 
     def run_forever(self, stop: threading.Event) -> None:
         """Sweep every ``sweep_interval`` seconds until ``stop`` is set."""

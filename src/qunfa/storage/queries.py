@@ -116,13 +116,35 @@ WHERE d.campaign_id = :campaign_id AND d.batch_no = :batch_no
 )
 
 # mark_batch_deliveries: move a whole batch's ledger rows from one status to another in one
-# statement (planned → sending before the call, sending → sent after acceptance).
-MARK_BATCH_DELIVERIES = _sql(
-    """
-UPDATE deliveries SET status = :to_status, reason = :reason, updated_at = :now
+# statement (planned → sending before the call, sending → sent after acceptance). ``sent_at``
+# is when the recipients were handed to the platform (what caps and quotas count,
+# docs/quotas.md): set when rows leave planned for the platform, cleared when a batch goes back
+# to planned (nothing reached it), and left out of the SET list otherwise, because SQLite
+# rewrites the two sent_at indexes for every row whose SET list names the column (that doubled
+# the per-batch cost). Pick the statement with :func:`mark_batch_sql`.
+_MARK_BATCH = """
+UPDATE deliveries SET status = :to_status, reason = :reason, updated_at = :now{sent_at}
 WHERE campaign_id = :campaign_id AND batch_no = :batch_no AND status IN :from_status
 """
+MARK_BATCH_DELIVERIES = _sql(_MARK_BATCH.format(sent_at="")).bindparams(
+    bindparam("from_status", expanding=True)
+)
+MARK_BATCH_HANDED_OVER = _sql(
+    _MARK_BATCH.format(sent_at=", sent_at = COALESCE(sent_at, :now)")
 ).bindparams(bindparam("from_status", expanding=True))
+MARK_BATCH_BACK_TO_PLANNED = _sql(_MARK_BATCH.format(sent_at=", sent_at = NULL")).bindparams(
+    bindparam("from_status", expanding=True)
+)
+
+
+def mark_batch_sql(from_status: tuple[str, ...] | list[str], to_status: str) -> TextClause:
+    """The ledger move for ``from_status`` → ``to_status``, touching ``sent_at`` only if needed."""
+    if to_status == "planned":
+        return MARK_BATCH_BACK_TO_PLANNED
+    if to_status in ("sending", "sent", "unknown") and "planned" in from_status:
+        return MARK_BATCH_HANDED_OVER
+    return MARK_BATCH_DELIVERIES
+
 
 # mark_delivery: one recipient's outcome (per-recipient APIs), used with executemany.
 MARK_DELIVERY = _sql(

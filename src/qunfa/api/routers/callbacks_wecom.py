@@ -104,6 +104,9 @@ async def wecom_event(corpid: str, request: Request, c: ContainerDep) -> str:
         log.warning("rejected WeCom callback for %s: %s", corpid, exc)
         raise HTTPException(403, f"callback failed verification ({exc.code})") from None
     fresh = record_event(c, acc, corpid, fields)
+    if fresh and fields.get("Event") == "change_external_contact":  # consent: docs/consent.md
+        c.consent.wecom_removed(acc, fields)
+    c.behaviour.on_wecom_event(acc, fields)  # customer added / app message → person events
     log.info(
         "WeCom callback %s %s/%s%s", corpid, fields.get("Event"), fields.get("ChangeType"),
         "" if fresh else " (duplicate)",

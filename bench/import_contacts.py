@@ -1,0 +1,169 @@
+"""Benchmark: import N people from a CSV file (SQLite) against a raw floor.
+
+    python bench/import_contacts.py --rows 1000000 [--json]
+
+The file has the columns phone, email, name, city, gender, birthday, tags (a few spellings
+per field: ``138 0013 8000``, ``+86…``, ``1990/1/2``, ``男``/``female`` …). Each side runs in
+its own child process on a fresh database:
+
+* **qunfa** — ``ContactService.import_file``: read, validate every field, blind-index the
+  phone and e-mail, look up who already holds them, encrypt phone, e-mail and name, insert
+  people, identities and tags, then the merge pass over all account-less identities.
+* **floor** — plain ``csv`` + ``sqlite3``: read the same rows, compute the same two blind
+  indexes and three encryptions, ``executemany`` one row per person and two per identity into
+  tables with the same unique index. No validation, no lookups, no tags, no merge pass.
+
+Target: ≤ 20 s for 1,000,000 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import child, peak_rss_mb
+
+CITIES = ["上海", "北京", "广州", "深圳", "杭州", "成都"]
+GENDERS = ["男", "女", "male", "F", ""]
+TAGS = ["VIP", "新客;VIP", "老客", "", "活动;双十一"]
+
+
+def make_file(path: Path, n: int) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["phone", "email", "name", "city", "gender", "birthday", "tags"])
+        for i in range(n):
+            national = f"139{i:08d}"
+            phone = (national, f"+86 {national[:3]} {national[3:7]} {national[7:]}")[i % 2]
+            birthday = (
+                f"19{60 + i % 40}-0{1 + i % 9}-1{i % 10}",
+                f"19{60 + i % 40}/{1 + i % 12}/2",
+            )
+            w.writerow([
+                phone, f"user{i}@Example.com", f"客户{i}", CITIES[i % 6], GENDERS[i % 5],
+                birthday[i % 2], TAGS[i % 5],
+            ])  # fmt: skip
+
+
+def run_qunfa(work: Path) -> dict[str, Any]:
+    from qunfa.bootstrap import Container
+    from qunfa.settings import Settings
+
+    c = Container(Settings(data_dir=work / "qunfa"))
+    c.migrate()
+    c.keyring  # noqa: B018 — key file created before timing
+    t0 = time.perf_counter()
+    r = c.contacts.import_file(work / "people.csv")
+    seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    again = c.contacts.import_file(work / "people.csv")
+    reimport = time.perf_counter() - t1
+    c.close()
+    return {
+        "seconds": round(seconds, 2), "rows": r.rows, "new": r.new,
+        "identities": r.identities_new, "rejected": r.rejected, "merged": r.merged,
+        "reimport_seconds": round(reimport, 2), "reimport_new": again.new,
+        "reimport_updated": again.updated, "peak_rss_mb": round(peak_rss_mb(), 1),
+    }  # fmt: skip
+
+
+def run_floor(work: Path) -> dict[str, Any]:
+    from qunfa.crypto.fields import Keyring
+
+    ring = Keyring.generate()
+    db = sqlite3.connect(work / "floor.db")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA cache_size=-131072")
+    db.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, name_enc BLOB, city TEXT,"
+               " gender TEXT, birthday TEXT, tags TEXT)")  # fmt: skip
+    db.execute("CREATE TABLE ids (id INTEGER PRIMARY KEY, person INTEGER, kind TEXT,"
+               " value_enc BLOB, value_bi BLOB)")  # fmt: skip
+    db.execute("CREATE UNIQUE INDEX ids_bi ON ids (kind, value_bi)")
+    t0 = time.perf_counter()
+    with (work / "people.csv").open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        person = 0
+        while True:
+            page = [r for _, r in zip(range(50_000), reader, strict=False)]
+            if not page:
+                break
+            phones, emails, names = (ring.encrypt_many([r[k] for r in page]) for k in (0, 1, 2))
+            db.executemany(
+                "INSERT INTO people (id, name_enc, city, gender, birthday, tags)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(person + j, names[j], r[3], r[4], r[5], r[6]) for j, r in enumerate(page)],
+            )
+            db.executemany(
+                "INSERT INTO ids (person, kind, value_enc, value_bi) VALUES (?, ?, ?, ?)",
+                [(person + j, "phone", phones[j], ring.blind(r[0])) for j, r in enumerate(page)]
+                + [(person + j, "email", emails[j], ring.blind(r[1]))
+                   for j, r in enumerate(page)],
+            )  # fmt: skip
+            person += len(page)
+    db.commit()
+    seconds = time.perf_counter() - t0
+    db.close()
+    return {"seconds": round(seconds, 2), "rows": person, "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", choices=["qunfa", "floor"], help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child == "qunfa":
+        print(json.dumps(run_qunfa(args.work)))
+        return
+    if args.child == "floor":
+        print(json.dumps(run_floor(args.work)))
+        return
+    n = args.rows
+
+    def log(message: str) -> None:
+        if not args.json:
+            print(message, file=sys.stderr)
+
+    with tempfile.TemporaryDirectory(prefix="qunfa-bench-import-") as tmp:
+        work = Path(tmp)
+        log(f"setup: writing {n:,} rows …")
+        make_file(work / "people.csv", n)
+        log("floor run …")
+        floor = child(__file__, "floor", "--work", str(work))
+        log(f"floor: {floor}; qunfa run …")
+        qunfa = child(__file__, "qunfa", "--work", str(work))
+    ratio = qunfa["seconds"] / floor["seconds"]
+    result = {
+        "rows": n,
+        "qunfa": {**qunfa, "rows_per_s": round(n / qunfa["seconds"])},
+        "floor": {**floor, "rows_per_s": round(n / floor["seconds"])},
+        "ratio": round(ratio, 2),
+        "ok": qunfa["seconds"] <= 20.0 * n / 1_000_000 and qunfa["new"] == n,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"rows              {n:,} (phone, email, name, city, gender, birthday, tags)")
+    print(f"qunfa             {qunfa['seconds']:.2f} s  ({n / qunfa['seconds']:,.0f} rows/s)  "
+          f"peak RSS {qunfa['peak_rss_mb']} MB; re-import {qunfa['reimport_seconds']:.2f} s "
+          f"({qunfa['reimport_new']} new, {qunfa['reimport_updated']} updated)")  # fmt: skip
+    print(f"floor             {floor['seconds']:.2f} s  ({n / floor['seconds']:,.0f} rows/s)")
+    print(f"ratio             {ratio:.2f}×   target ≤ 20 s per 1M: "
+          f"{'OK' if result['ok'] else 'MISSED'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
