@@ -33,9 +33,10 @@ def peak_rss_mb() -> float:
 
 
 @contextmanager
-def sandbox_process(state: Path) -> Iterator[str]:
-    """``qunfa sandbox`` in its own process (its CPU and memory are not the measured side's)."""
-    port = free_port()
+def sandbox_process(state: Path, port: int | None = None) -> Iterator[str]:
+    """``qunfa sandbox`` in its own process (its CPU and memory are not the measured side's),
+    on ``port`` (a free one if None)."""
+    port = port or free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "qunfa.cli.main", "sandbox", "--port", str(port),
          "--state", str(state)],

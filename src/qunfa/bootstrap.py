@@ -183,6 +183,6 @@ class Container:
 
     def close(self) -> None:
         if "dispatcher" in self.__dict__:
-            self.dispatcher.close_thread()
+            self.dispatcher.close()
         if "engine" in self.__dict__:
             self.engine.dispose()

@@ -26,6 +26,7 @@ from qunfa.storage.models import (
     Identity,
     QuotaReservation,
 )
+from tests.approval import approve
 from tests.conftest import drain, make_oa
 from tests.integration.test_consent import plan
 from tests.integration.test_sms_tencent import CONTENT, make_account, phones
@@ -144,6 +145,9 @@ def test_caps_count_every_channel_and_identity_of_a_person(
     third = sms(c, b)
     plan(c, third)
     assert outcomes(c, third) == {("planned", None): 4}
+    # (a planned campaign's rows count for later plans too — see the scheduled-campaigns
+    # test below; this one is never sent)
+    c.campaigns.cancel(third)
     # defer: the next allowed moment is the first send + 1 day, per person
     c.settings.caps = CAPS
     with c.sessions() as s:
@@ -281,3 +285,117 @@ def test_quota_options_are_checked_at_create(
     ok = sms(container, app, over_cap="fallback:sms_aliyun", transactional=False,
              caps={"marketing_1d": None, "weekly": {"limit": 2, "days": 7}})  # fmt: skip
     assert container.campaigns.get(ok).state == "draft"
+
+
+def test_scheduled_campaigns_share_a_followers_last_monthly_slot(
+    admin: SandboxAdmin, container: Container, sandbox: EmbeddedSandbox
+) -> None:
+    """服务号: 4 mass sends a month per follower. Followers at 3 this month; two campaigns
+    scheduled for the same day: the first takes the last slot, the second is told — in its
+    dry run and in its plan — instead of both planning to send (issue 6: per-recipient rules
+    count other scheduled campaigns' planned rows)."""
+    c = container
+    oa = make_oa(admin, c, sandbox.url, followers=5, kind="service")
+    text = {"msgtype": "text", "text": {"content": "本月活动"}}
+
+    def campaign(**options: Any) -> int:
+        camp = c.campaigns.create(name="m", channel="wechat_oa", account=oa.appid,
+                                  audience="all", content=text, as_list=True,
+                                  options=options)  # fmt: skip
+        return int(camp.id)
+
+    for _ in range(3):
+        send(c, campaign())
+    assert admin.ledger("wechat_oa", oa.appid)["max_per_recipient"] == 3
+    # both on the same day, later this month (near a month's end: its last minutes)
+    now = time.time()
+    at = min(now + 3600, period_end(Period.MONTH, now) - 300)
+    reason = "quota:service_per_user_per_month"
+    first, second = campaign(), campaign()
+    c.review.schedule(first, at, "author")
+    c.review.schedule(second, at + 60, "author")
+    assert c.dryrun.run(second)["recipients"] == 5  # nothing else planned yet
+    assert plan(c, first).recipients == 5
+    dry = c.dryrun.run(second)  # told before planning: who is dropped and why
+    assert dry["recipients"] == 0 and dry["dropped"] == {reason: 5}
+    plan(c, second)
+    assert outcomes(c, second) == {("skipped", reason): 5}
+    assert outcomes(c, first) == {("planned", None): 5}
+    # deferred instead of skipped: to the next month, when the follower has slots again
+    third = campaign(over_cap="defer")
+    c.review.schedule(third, at + 120, "author")
+    plan(c, third)
+    with c.sessions() as s:
+        due = set(s.scalars(select(Delivery.due_at).where(Delivery.campaign_id == third)))
+    assert due == {period_end(Period.MONTH, at)}
+    # a cancelled campaign's planned rows no longer count
+    c.campaigns.cancel(first)
+    assert c.dryrun.run(campaign())["recipients"] == 5
+
+
+def test_caps_count_planned_rows_of_other_campaigns_inside_their_window(
+    admin: SandboxAdmin, container: Container, sandbox: EmbeddedSandbox
+) -> None:
+    """Cross-channel caps count another live campaign's planned rows by when they are due:
+    inside the cap's window they count (defer: to that send + the window), outside not."""
+    c = container
+    c.settings.caps = {"marketing_1d": {"limit": 1, "days": 1}}
+    a, b = make_account(admin, c, sandbox), make_account(admin, c, sandbox)
+    people(c, [a, b], phones(3, start=700))
+    now = time.time()
+
+    def scheduled(app: str, at: float, **options: Any) -> int:
+        cid = sms(c, app, **options)
+        approve(c, cid)  # the SMS content asks for a review; scheduling passes the gate
+        c.review.schedule(cid, at, "author")
+        return cid
+
+    later = scheduled(
+        a, now + 3 * 86400
+    )  # on another account and channel identity of the same people
+    c.review.schedule(later, now + 3 * 86400, "author")
+    c.campaigns.plan(later)
+    soon = scheduled(b, now + 3600, over_cap="defer")  # 2+ days before: outside the window
+    c.campaigns.plan(soon)
+    assert outcomes(c, soon) == {("planned", None): 3}
+    near = scheduled(b, now + 3 * 86400 + 3600, over_cap="defer")  # an hour after: inside
+    c.campaigns.plan(near)
+    with c.sessions() as s:
+        due = set(s.scalars(select(Delivery.due_at).where(Delivery.campaign_id == near)))
+    assert len(due) == 1 and due.pop() == pytest.approx(now + 4 * 86400)  # a day after it
+    assert outcomes(c, near) == {("planned", "cap:marketing_1d"): 3}
+
+
+def test_rebatch_keeps_due_now_rows_in_their_batches_and_moves_only_the_deferred(
+    admin: SandboxAdmin, container: Container, sandbox: EmbeddedSandbox
+) -> None:
+    """The incremental re-batch: rows still due now keep the batch planning gave them (a batch
+    that lost rows is sent smaller), deferred rows get batches of their own after the last,
+    and every batch's size is what it holds."""
+    c = container
+    c.settings.caps = {"marketing_1d": {"limit": 1, "days": 1}}
+    app = make_account(admin, c, sandbox)
+    people(c, [app], phones(150, start=1000))
+    send(c, sms(c, app))  # these 150 got a message today
+    people(c, [app], phones(300, start=2000))
+    cid = sms(c, app, over_cap="defer")
+    plan(c, cid)
+    with c.sessions() as s:
+        rows = s.execute(
+            select(Delivery.identity_id, Delivery.batch_no, Delivery.status, Delivery.due_at)
+            .where(Delivery.campaign_id == cid)
+            .order_by(Delivery.identity_id)
+        ).all()
+        batches = s.scalars(
+            select(Batch).where(Batch.campaign_id == cid).order_by(Batch.batch_no)
+        ).all()
+    assert [r.status for r in rows] == ["planned"] * 450
+    now_rows = [r for r in rows if r.due_at is None]
+    later = [r for r in rows if r.due_at is not None]
+    assert len(now_rows) == 300 and len(later) == 150
+    # planning numbered identities 200 a batch; the due-now rows are where it put them
+    assert [r.batch_no for r in now_rows] == [(150 + i) // 200 for i in range(300)]
+    assert {r.batch_no for r in later} == {3}
+    assert [(b.batch_no, b.size) for b in batches] == [(0, 50), (1, 200), (2, 50), (3, 150)]
+    assert batches[3].next_attempt_at >= max(r.due_at for r in later) > time.time()
+    assert all(b.next_attempt_at == 0 for b in batches[:3])

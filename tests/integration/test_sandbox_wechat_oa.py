@@ -239,6 +239,24 @@ def test_mass_send_list_sizes_and_unknown_openids(sandbox_oa: Client) -> None:
     assert c.api(t, "message/mass/send", {"touser": users, "msgtype": "bogus"})["errcode"] == 40008
 
 
+def test_mass_send_counts_people_not_list_entries(sandbox_oa: Client) -> None:
+    """The minimum of two is two distinct openids (the twin's strict reading); the maximum is
+    the list as sent; a repeated openid receives the message once."""
+    c = sandbox_oa
+    c.account("wxdup", followers=5, rules={"mass_max_per_call": 4})
+    t = c.token("wxdup")
+    a, b, *_ = c.followers(t)
+    assert c.api(t, "message/mass/send", text(touser=[a, a]))["errcode"] == 40130
+    assert c.api(t, "message/mass/send", text(touser=[a, a, a, b, b]))["errcode"] == 40032
+    assert c.ledger(account="wxdup")["messages"] == 0  # refusals deliver nothing
+    ok = c.api(t, "message/mass/send", text(touser=[a, b, a, b]))
+    assert ok["errcode"] == 0
+    assert c.ledger(account="wxdup") == {
+        "channel": "wechat_oa", "account": "wxdup", "messages": 2, "recipients": 2,
+        "max_per_recipient": 1, "message_ids": 1,
+    }  # fmt: skip
+
+
 def test_subscription_daily_quota_and_45066(sandbox_oa: Client) -> None:
     c = sandbox_oa
     c.account("wxd", type="subscription", followers=5)

@@ -165,3 +165,55 @@ def test_recurring_series_runs_without_reapproval_until_content_changes(
     )
     assert scheduling.spawn_due_runs(c, now=first_monday.timestamp() + 30 * 86400) == 0
     assert len(scheduling.runs(c, series.id)["runs"]) == 2
+
+
+def test_two_sweepers_create_a_recurring_run_exactly_once(
+    container: Container, oa: OA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sweepers (two containers, as two processes would be, on the same SQLite file or
+    PostgreSQL database) reach the same fire time at once: one run, not two. Both read "no run
+    yet" before either writes (a barrier inside the read), so the race always happens."""
+    import threading
+
+    c = container
+    other = Container(c.settings)  # a second process's engine and sessions, same database
+    series = c.campaigns.create(
+        name="weekly", channel="wechat_oa", account=oa.appid, audience="tag:VIP", content=TEXT,
+        options={"recurrence": "0 20 * * MON"},
+    )  # fmt: skip
+    approve(c, series.id)
+    approved_at = c.campaigns.get(series.id).approved_at or 0
+    fire = scheduling.cron.next_fire(
+        "0 20 * * MON", datetime.fromtimestamp(approved_at, UTC), "Asia/Shanghai"
+    ).timestamp()
+    barrier = threading.Barrier(2, timeout=10)
+    read = scheduling._last_run_at
+
+    def racing_read(cc: Container, series_id: int) -> float | None:
+        last = read(cc, series_id)
+        barrier.wait()  # both sweepers have seen "no run yet"
+        return last
+
+    monkeypatch.setattr(scheduling, "_last_run_at", racing_read)
+    made: list[int] = []
+    errors: list[BaseException] = []
+
+    def sweep(cc: Container) -> None:
+        try:
+            made.append(scheduling.spawn_due_runs(cc, now=fire + 60))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sweep, args=(cc,)) for cc in (c, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    other.close()
+    assert not errors
+    assert sorted(made) == [0, 1]
+    with c.sessions() as s:
+        children = s.scalars(select(Campaign).where(Campaign.parent_id == series.id)).all()
+    assert [ch.options["run_at"] for ch in children] == [fire]
+    monkeypatch.setattr(scheduling, "_last_run_at", read)
+    assert scheduling.spawn_due_runs(c, now=fire + 120) == 0  # and later sweeps see it

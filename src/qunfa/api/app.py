@@ -14,6 +14,7 @@ from qunfa.api.routers import (
     consent,
     contacts,
     events,
+    links,
     materials,
     personal_wechat,
     quota,
@@ -43,6 +44,7 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(tags.router)
     app.include_router(personal_wechat.router)
+    app.include_router(links.router)  # GET /l/{code}: tracked short links
     app.include_router(contacts.router)
     app.include_router(advise.router)
     app.include_router(segments.router)

@@ -254,18 +254,26 @@ class WechatOA(Channel):
         data = await self.api.call_ok("GET", "tags/get")
         return list(data.get("tags", []))
 
-    async def tag_members(self, tag_id: int) -> AsyncIterator[list[str]]:
-        next_openid = ""
+    async def tag_member_pages(
+        self, tag_id: int, next_openid: str = ""
+    ) -> AsyncIterator[tuple[list[str], str]]:
+        """Pages of a tag's member openids (``user/tag/get``) from ``next_openid`` on, each with
+        the cursor that continues after it (what a resumable sync persists)."""
         while True:
             body = {"tagid": tag_id, "next_openid": next_openid}
             data = await self.api.call_ok("POST", "user/tag/get", body)
             openids = (data.get("data") or {}).get("openid") or []
             if not openids or not data.get("count"):
                 return
-            yield list(openids)
             next_openid = str(data.get("next_openid") or "")
+            yield list(openids), next_openid
             if not next_openid:
                 return
+
+    async def tag_members(self, tag_id: int) -> AsyncIterator[list[str]]:
+        """Pages of a tag's member openids until the list ends."""
+        async for page, _ in self.tag_member_pages(tag_id):
+            yield page
 
     # -- tag management (§1.7) ---------------------------------------------------------------------
     async def create_tag(self, name: str) -> int:

@@ -353,6 +353,25 @@ class WecomCustomer(Channel):
         )
         return [str(f.get("userid")) for f in data.get("follow_user") or []]
 
+    async def follow_marks_of(self, external_userid: str) -> dict[str, set[str]]:
+        """Every member who has this customer as a friend → the corp tag ids *that* member
+        marked on them (``externalcontact/get``: ``follow_user[].tags``), in the platform's
+        order. ``follow_user`` pages on with ``next_cursor`` beyond 500 members."""
+        marks: dict[str, set[str]] = {}
+        cursor = ""
+        while True:
+            params = {"external_userid": external_userid}
+            if cursor:
+                params["cursor"] = cursor
+            data = await self.api.call_ok("GET", "externalcontact/get", params=params)
+            for f in data.get("follow_user") or []:
+                tags = marks.setdefault(str(f.get("userid")), set())
+                # Personal tags (type 2) carry no tag_id: only corp tags can be marked.
+                tags.update(str(t["tag_id"]) for t in f.get("tags") or [] if t.get("tag_id"))
+            cursor = str(data.get("next_cursor") or "")
+            if not cursor:
+                return marks
+
     async def add_corp_tag(
         self, names: Sequence[str], *, group_id: str | None = None, group_name: str | None = None
     ) -> dict[str, Any]:

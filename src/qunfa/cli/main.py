@@ -354,6 +354,13 @@ def campaign_create(
     remind_every: Annotated[
         float | None, typer.Option(help="WeCom: hours between reminders to staff who have not sent")
     ] = None,
+    track_links: Annotated[
+        bool,
+        typer.Option(
+            "--track-links/--no-track-links",
+            help="rewrite links to tracked short links with UTM parameters (docs/compliance.md)",
+        ),
+    ] = True,
     actor: AsUser = None,
 ) -> None:
     """Create a draft campaign (--as: its author, who may not approve it)."""
@@ -368,7 +375,10 @@ def campaign_create(
             audience=audience,
             content=content,
             as_list=as_list,
-            options={"remind_every_hours": remind_every} if remind_every else None,
+            options={
+                **({"remind_every_hours": remind_every} if remind_every else {}),
+                **({} if track_links else {"track_links": False}),
+            },
             created_by=actor or default_actor(),
         )
     except (CampaignError, AccountError, ValueError) as exc:

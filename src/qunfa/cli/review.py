@@ -11,14 +11,17 @@ from __future__ import annotations
 import getpass
 import json
 import os
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import typer
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from qunfa.cli.common import container as _container
 from qunfa.cli.common import fail as _fail
@@ -86,27 +89,159 @@ def campaign_check(
     if as_json:
         print(json.dumps(result.summary, ensure_ascii=False))
     else:
+        # Built per call, not at import: NO_COLOR / FORCE_COLOR / TERM are read as it runs.
+        out = Console()
+        plain = out.color_system is None  # no underline shows: mark spans with a ^ line
         for path, report in result.reports:
             if report.findings:
-                console.print(f"[bold]{path}[/]")
-                console.print(render(report))
+                out.print(f"[bold]{path}[/]")
+                out.print(render(report))
+        # What the templates insert per person (services/value_check.py): a value's own
+        # findings, then the terms a value forms with the template's text beside it.
+        entries = [f for f in result.summary["fields"] if str(f["path"]).startswith("values.")]
+        values = result.summary.get("values")
+        if values:
+            out.print(values_line(values, entries))
+        channel = str(result.summary["channel"])
+        for entry in sorted(entries, key=lambda e: "joined" in e):  # stable: own, then joins
+            out.print(render_value_entry(entry, channel, plain=plain))
         for lf in result.lint:
             colour = "red" if lf["action"] == "block" else "yellow"
-            console.print(f"[{colour}]{lf['action']}[/] {lf['rule']} {lf['path']}: {lf['message']}")
+            out.print(f"[{colour}]{lf['action']}[/] {lf['rule']} {lf['path']}: {lf['message']}")
         counts = result.summary["counts"]
         colour = {"block": "bold red", "review": "bold yellow"}.get(result.verdict, "bold green")
-        console.print(
+        joins = sum(1 for e in entries if "joined" in e)
+        flagged = (
+            f", {len(entries)} value finding(s) ({joins} joined to the template)" if values else ""
+        )
+        out.print(
             f"campaign {campaign_id}: [{colour}]{result.verdict}[/] — "
-            f"{len(result.reports)} text field(s), {counts['block']} block, "
+            f"{len(result.reports)} text field(s){flagged}, {counts['block']} block, "
             f"{counts['review']} review, {counts['warn']} warn"
         )
         summary = c.review.summary(campaign_id)
         if summary["gate"]:
-            console.print(f"[yellow]next:[/] {summary['gate']['message']}")
+            out.print(f"[yellow]next:[/] {summary['gate']['message']}")
         else:
-            console.print(f"[green]next:[/] qunfa campaign send {campaign_id}")
+            out.print(f"[green]next:[/] qunfa campaign send {campaign_id}")
     if result.verdict in ("block", "review"):
         raise typer.Exit(1)
+
+
+# -- rendering the personalised values' findings --------------------------------------------------
+def _severity_colour(severity: str) -> str:
+    """The colours of ``compliance.report.render`` (the fields' findings above them); imported
+    when rendering, so the CLI does not load the compliance engine to start."""
+    from qunfa.compliance.report import SEVERITY_COLOUR
+
+    return SEVERITY_COLOUR.get(severity, "magenta")
+
+
+def _verdict_colour(verdict: str) -> str:
+    from qunfa.compliance.report import VERDICT_COLOUR
+
+    return VERDICT_COLOUR.get(verdict, "bold")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def values_line(values: Mapping[str, Any], entries: list[dict[str, Any]]) -> Text:
+    """What the value check covered: every variable with its distinct values, the audience."""
+    distinct = values.get("distinct", {})
+    checked = ", ".join(f"{v} ({distinct.get(v, 0):,} distinct)" for v in values["variables"])
+    return Text.assemble(
+        ("personalised values: ", "bold"),
+        f"{checked} over {_plural(int(values['contacts']), 'contact')}, "
+        f"{_plural(int(values.get('joins', 0)), 'slot')} joined to the template's text — ",
+        (f"{len(entries)} flagged", "bold" if entries else "green"),
+    )
+
+
+def render_value_entry(entry: Mapping[str, Any], channel: str, *, plain: bool) -> RenderableType:
+    """One ``values.<variable>`` entry of a check report, in the style of the fields' findings.
+
+    A heading (variable, value as the report gives it — names masked —, recipients; for a join
+    the slot and where it is), the text with each finding's span underlined — for a join the
+    template's text with the value in dim brackets —, the findings, the verdict on the channel.
+    ``plain`` (no colour) adds a line of ``^`` under the spans, since no underline shows.
+    """
+    text = str(entry["text"])
+    findings: list[dict[str, Any]] = list(entry["findings"])
+    joined: Mapping[str, Any] | None = entry.get("joined")
+    who = _plural(int(entry["recipients"]), "recipient")
+    if joined is None:
+        heading = Text.assemble((str(entry["path"]), "bold"), "  value ", text, f" · {who}")
+    else:
+        where = ", ".join(
+            str(w["field"]) + ("" if w.get("position") is None else f" at {w['position']}")
+            for w in joined["at"]
+        )
+        value = (
+            f"its default {joined['value']!r} (no value)"
+            if joined.get("default")
+            else str(joined["value"])
+        )
+        heading = Text.assemble(
+            (str(entry["path"]), "bold"),
+            "  ",
+            (str(joined["slot"]), "cyan"),
+            f" = {value} · {who} · joined to the template's text in {where}",
+        )
+    # The value's place in a joined text: shown in brackets, so spans shift past them.
+    span = joined.get("span") if joined is not None else None
+    a, b = (int(span[0]), int(span[1])) if span else (len(text), len(text))
+
+    def shift(i: int, *, end: bool) -> int:
+        if not span:
+            return i
+        return i + int(i > a if end else i >= a) + int(i > b if end else i >= b)
+
+    body = Text()
+    if span:
+        body.append(text[:a])
+        body.append("[", style="dim")
+        body.append(text[a:b], style="italic cyan")
+        body.append("]", style="dim")
+        body.append(text[b:])
+    else:
+        body.append(text)
+    marked: list[tuple[int, int]] = []
+    for f in findings:
+        start, end = min(int(f["start"]), len(text)), min(int(f["end"]), len(text))
+        lo, hi = shift(start, end=False), shift(end, end=True)
+        body.stylize(f"underline bold {_severity_colour(f['severity'])}", lo, hi)
+        marked.append((lo, hi))
+    parts: list[RenderableType] = [heading, body]
+    if plain and "\n" not in body.plain:
+        carets = "".join(
+            ("^" if any(lo <= i < hi for lo, hi in marked) else " ") * cell_len(ch)
+            for i, ch in enumerate(body.plain)
+        )
+        parts.append(Text(carets.rstrip()))
+    table = Table(show_header=True, header_style="bold", expand=False)
+    for col in ("matched", "entry", "category", "severity", "action", "suggestion"):
+        table.add_column(col)
+    for f in findings:
+        colour = _severity_colour(f["severity"])
+        how = "" if f.get("matched_as") in ("term", "link", None) else f" ({f['matched_as']})"
+        table.add_row(
+            Text(str(f["text"]), style=f"underline {colour}"),
+            str(f["entry"]) + how,
+            str(f["category"]),
+            Text(str(f["severity"]), style=colour),
+            str(f["action"]),
+            str(f["suggestion"]),
+        )
+    verdict = str(entry["verdict"])
+    parts += [
+        table,
+        Text.assemble(
+            ("verdict ", "dim"), (verdict, _verdict_colour(verdict)), (f" on {channel}", "dim")
+        ),
+    ]
+    return Group(*parts)
 
 
 @review_app.command("submit")

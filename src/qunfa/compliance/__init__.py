@@ -6,7 +6,7 @@
 
 from .engine import Checker, check, default_checker
 from .lexicon import Entry, Lexicon, LexiconError, builtin, load_custom, parse_custom
-from .links import LinkPolicy, TrackedLink, extract, rewrite, sign, verify
+from .links import LinkPolicy, TrackedLink, add_utm, extract, rewrite
 from .normalize import Normalized, normalize, normalize_text
 from .report import Finding, Policy, Report, render
 
@@ -21,6 +21,7 @@ __all__ = [
     "Policy",
     "Report",
     "TrackedLink",
+    "add_utm",
     "builtin",
     "check",
     "default_checker",
@@ -31,6 +32,4 @@ __all__ = [
     "parse_custom",
     "render",
     "rewrite",
-    "sign",
-    "verify",
 ]

@@ -8,11 +8,11 @@ Only a message with a hit or a dot pays for the offset map, link extraction and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .lexicon import SEVERITIES, Lexicon, builtin
 from .links import SUGGESTIONS, LinkPolicy, extract
-from .matcher import Matcher
+from .matcher import Match, Matcher
 from .normalize import normalize, normalize_text, warm_up
 from .normalize import tables as normalize_tables
 from .report import Finding, Policy, Report, Verdict
@@ -87,23 +87,7 @@ class Checker:
         findings: list[Finding] = []
         if raw:
             for m in self.matcher.resolve(text, raw, normalize(text)):
-                e = m.entry
-                findings.append(
-                    Finding(
-                        rule_id=f"{e.category}:{e.term}",
-                        category=e.category,
-                        severity=e.severity,
-                        action=policy.action(channel, e.category),
-                        text=text[m.start : m.end],
-                        start=m.start,
-                        end=m.end,
-                        entry=e.term,
-                        matched_as=m.kind,
-                        suggestion=self._suggestion.get(e.lexicon)
-                        or self._suggestion.get(e.category, _CUSTOM_SUGGESTION),
-                        lexicon=e.lexicon,
-                    )
-                )
+                findings.append(self._term_finding(text, channel, m))
         for link in extract(text):
             for issue in self.links.issues(link):
                 findings.append(
@@ -121,6 +105,27 @@ class Checker:
                         detail=issue.detail,
                     )
                 )
+        return self._report(text, channel, findings)
+
+    def _term_finding(self, text: str, channel: str, m: Match) -> Finding:
+        e = m.entry
+        return Finding(
+            rule_id=f"{e.category}:{e.term}",
+            category=e.category,
+            severity=e.severity,
+            action=self.policy.action(channel, e.category),
+            text=text[m.start : m.end],
+            start=m.start,
+            end=m.end,
+            entry=e.term,
+            matched_as=m.kind,
+            suggestion=self._suggestion.get(e.lexicon)
+            or self._suggestion.get(e.category, _CUSTOM_SUGGESTION),
+            lexicon=e.lexicon,
+        )
+
+    def _report(self, text: str, channel: str, findings: list[Finding]) -> Report:
+        policy = self.policy
         if not findings:
             policy.check_channel(channel)
             return Report(text, channel, (), "pass", self._clean_verdicts)
@@ -132,6 +137,45 @@ class Checker:
             if len(self._verdicts) < 4096:  # bounded: custom categories are few anyway
                 self._verdicts[cats] = verdicts
         return Report(text, channel, tuple(findings), verdicts[channel], verdicts)
+
+    def join_checker(self, left: str, right: str, channel: str) -> Callable[[str], Report | None]:
+        """A check of values inserted between ``left`` and ``right`` (a template's literal text).
+
+        The returned function takes a value and reports only the lexicon matches of
+        ``left + value + right`` that **cross an edge of the value** (``全网最`` + ``佳`` →
+        ``最佳``): a match wholly in the template or wholly in the value is found when each is
+        checked on its own. A value that normalises to nothing (zero-width characters) joins
+        ``left`` and ``right`` directly; a match across that join counts too. Overlapping matches
+        are looked for (:meth:`Matcher.crossing`), so the template's own ``全网最`` does not hide
+        ``最佳``. Spans in the report are in ``left + value + right``. ``None`` when nothing
+        crosses — the common case: one normalisation of the value and one automaton call.
+        Links are not looked at here (see ``docs/compliance.md``).
+        """
+        self.policy.check_channel(channel)
+        ln, rn = normalize_text(left), normalize_text(right)
+        a, vs = len(ln), len(left)
+        find, norm = self.matcher.overlapping.find_matches_as_indexes, normalize_text
+        patterns, crossing = self.matcher.patterns, self.matcher.crossing
+
+        def check(value: str) -> Report | None:
+            vn = norm(value)
+            raw = find(ln + vn + rn, overlapping=True)
+            if not raw:
+                return None
+            # Normalisation is per character, so normalised [a, b) is exactly the value's.
+            b = a + len(vn)
+            for idx, s, e in raw:
+                if s < b and e > a and (s < a or e > b) and patterns[idx].entry is not None:
+                    break
+            else:
+                return None
+            text = left + value + right
+            found = [
+                self._term_finding(text, channel, m) for m in crossing(text, vs, vs + len(value))
+            ]
+            return self._report(text, channel, found) if found else None
+
+        return check
 
 
 _default: Checker | None = None

@@ -5,17 +5,19 @@ Extraction works on the original text (full-width ASCII folded one-to-one first,
 ``ｅｘａｍｐｌｅ．ｃｏｍ`` is found and offsets stay exact). It finds ``http(s)://`` URLs, bare
 domains with a known top-level domain (``example.com/path``, ``shop.example.cn``) and raw IPv4
 addresses, with Chinese text directly around them.
+
+:func:`rewrite` replaces ``http(s)://`` links with tracked short links; what a short link is
+(the signed code) lives in :mod:`qunfa.domain.links`, and campaigns use both through
+``services/links.py`` (docs/compliance.md, "Tracked links").
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from html import unescape as html_unescape
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -139,55 +141,61 @@ def extract(text: str) -> list[Link]:
     return out
 
 
-def sign(secret: bytes, campaign: str, url: str) -> str:
-    """The short-link token: HMAC-SHA256 of (campaign, url), base64url, 16 characters."""
-    mac = hmac.new(secret, campaign.encode() + b"\x00" + url.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).decode()[:16]
-
-
-def verify(token: str, secret: bytes, campaign: str, url: str) -> bool:
-    return hmac.compare_digest(token, sign(secret, campaign, url))
-
-
 def add_utm(url: str, *, channel: str, campaign: str) -> str:
-    """``url`` with utm_source=qunfa, utm_medium=<channel>, utm_campaign=<campaign> (replacing
-    any existing UTM values, keeping the other parameters and the fragment)."""
+    """``url`` with utm_source=qunfa, utm_medium=<channel>, utm_campaign=<campaign> added.
+
+    UTM values the operator already wrote win (their own campaign naming in their analytics);
+    the other parameters, their order and the fragment are kept.
+    """
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _UTM]
-    query += [("utm_source", "qunfa"), ("utm_medium", channel), ("utm_campaign", campaign)]
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    have = {k for k, _ in query}
+    ours = [("utm_source", "qunfa"), ("utm_medium", channel), ("utm_campaign", campaign)]
+    query += [(k, v) for k, v in ours if k not in have]
     return urlunsplit(parts._replace(path=parts.path or "/", query=urlencode(query)))
-
-
-_UTM = frozenset({"utm_source", "utm_medium", "utm_campaign"})
 
 
 @dataclass(frozen=True, slots=True)
 class TrackedLink:
-    original: str  # as written in the message
-    target: str  # absolute URL with UTM parameters: where the short link redirects
-    token: str  # sign(secret, campaign, target)
-    short_url: str  # base + token: what the message now carries
+    """One link :func:`rewrite` replaced."""
+
+    original: str  # the URL as written (HTML entities decoded in HTML)
+    short_url: str  # what the text now carries
     start: int  # span of the original link in the original text
     end: int
 
 
+_SCHEME = re.compile(r"https?://", re.IGNORECASE)
+# An HTML attribute that loads a resource rather than being clicked: ``<img src="…">``.
+_LOADED_ATTR = re.compile(r"(?:src|srcset|background|poster)\s*=\s*[\"']?$", re.IGNORECASE)
+
+
 def rewrite(
-    text: str,
-    *,
-    base: str,
-    secret: bytes,
-    campaign: str,
-    channel: str = "wechat_oa",
+    text: str, shorten: Callable[[str], str | None], *, html: bool = False
 ) -> tuple[str, list[TrackedLink]]:
-    """Replace every link with ``base + token``; the token signs (campaign, target)."""
+    """Replace every ``http(s)://`` link for which ``shorten(url)`` returns a short URL.
+
+    Left as written: bare domains and IPs without a scheme (not reliably clickable, and SMS
+    templates spell their links that way); a link directly followed by ``{`` (a template
+    builds the rest of the URL per person); in HTML, URLs an attribute *loads* (``src=`` of an
+    image: a redirect there would count every open as a click). In HTML the URL is unescaped
+    (``&amp;`` → ``&``) before ``shorten`` sees it. ``shorten`` returning None leaves the link.
+    """
+    if "://" not in text:
+        return text, []
     pieces: list[str] = []
     tracked: list[TrackedLink] = []
     pos = 0
     for link in extract(text):
-        target = add_utm(link.absolute, channel=channel, campaign=campaign)
-        token = sign(secret, campaign, target)
-        short = base + token
-        tracked.append(TrackedLink(link.url, target, token, short, link.start, link.end))
+        if not _SCHEME.match(link.url) or text[link.end : link.end + 1] == "{":
+            continue
+        if html and _LOADED_ATTR.search(text, max(0, link.start - 24), link.start):
+            continue
+        url = html_unescape(link.url) if html else link.url
+        short = shorten(url)
+        if short is None:
+            continue
+        tracked.append(TrackedLink(url, short, link.start, link.end))
         pieces += [text[pos : link.start], short]
         pos = link.end
     pieces.append(text[pos:])

@@ -36,13 +36,24 @@ def scan_image(data: bytes) -> list[QrCode]:
         raise ImageError("not an image OpenCV can read (PNG, JPEG, BMP, WebP, TIFF)")
     detector = cv2.QRCodeDetector()
     ok, texts, points, _ = detector.detectAndDecodeMulti(image)
-    if not ok or points is None:
-        # The multi detector misses some single, large codes the single one finds.
-        text, pts, _ = detector.detectAndDecode(image)
-        if pts is None:
-            return []
-        return [QrCode(text, _corners(pts[0]))]
-    return [QrCode(t, _corners(p)) for t, p in zip(texts, points, strict=True)]
+    if ok and points is not None and all(texts):
+        return [QrCode(t, _corners(p)) for t, p in zip(texts, points, strict=True)]
+    # The multi detector misses some single, large codes the single one finds, and each
+    # misses some small codes (e.g. "oy:2") that the ArUco-based detector finds: try all three,
+    # keeping the first answer that decodes and else the first that at least located a code.
+    found: list[QrCode] = []
+    if ok and points is not None:
+        found = [QrCode(t, _corners(p)) for t, p in zip(texts, points, strict=True)]
+    text, pts, _ = detector.detectAndDecode(image)
+    if pts is not None:
+        if text:
+            return [QrCode(text, _corners(pts[0]))]
+        found = found or [QrCode(text, _corners(pts[0]))]
+    aruco = cv2.QRCodeDetectorAruco()
+    ok, texts, points, _ = aruco.detectAndDecodeMulti(image)
+    if ok and points is not None and any(texts):
+        return [QrCode(t, _corners(p)) for t, p in zip(texts, points, strict=True)]
+    return found
 
 
 def _corners(points: Any) -> tuple[tuple[int, int], ...]:

@@ -27,8 +27,8 @@ _VERDICT_OF: dict[Action, Verdict] = {
     "review": "review",
     "warn": "pass_with_warnings",
 }
-_COLOUR = {"high": "red", "medium": "yellow", "low": "cyan"}
-_VERDICT_COLOUR = {
+SEVERITY_COLOUR = {"high": "red", "medium": "yellow", "low": "cyan"}
+VERDICT_COLOUR = {
     "block": "bold red",
     "review": "bold yellow",
     "pass_with_warnings": "yellow",
@@ -134,10 +134,10 @@ def render(report: Report, text: str | None = None) -> RenderableType:
     text = report.text if text is None else text
     body = Text(text)
     for f in report.findings:
-        body.stylize(f"underline bold {_COLOUR.get(f.severity, 'magenta')}", f.start, f.end)
+        body.stylize(f"underline bold {SEVERITY_COLOUR.get(f.severity, 'magenta')}", f.start, f.end)
     verdict = Text.assemble(
         ("verdict ", "dim"),
-        (report.verdict, _VERDICT_COLOUR[report.verdict]),
+        (report.verdict, VERDICT_COLOUR[report.verdict]),
         (f" on {report.channel}", "dim"),
     )
     if not report.findings:
@@ -146,7 +146,7 @@ def render(report: Report, text: str | None = None) -> RenderableType:
     for col in ("where", "matched", "rule", "severity", "action", "suggestion"):
         table.add_column(col)
     for f in report.findings:
-        colour = _COLOUR.get(f.severity, "magenta")
+        colour = SEVERITY_COLOUR.get(f.severity, "magenta")
         table.add_row(
             f"{f.start}–{f.end}",
             Text(f.text, style=f"underline {colour}"),

@@ -33,6 +33,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "review_approved": "已通过",
         "review_rejected": "已驳回",
         "skipped": "已跳过 (退订/屏蔽)",
+        "clicks": "链接点击",
         "by": "审核人",
     },
     "en": {
@@ -65,6 +66,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "review_approved": "approved",
         "review_rejected": "rejected",
         "skipped": "Skipped (opted out / suppressed)",
+        "clicks": "Link clicks",
         "by": "by",
     },
 }

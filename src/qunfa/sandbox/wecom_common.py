@@ -1,11 +1,15 @@
 """WeCom (企业微信) records shared by the ``wecom_customer`` and ``wecom_app`` twins.
 
-A corp (``corpid``) has a 客户联系 secret, apps (``agentid`` → secret), members (staff) and
-customers (external contacts, each followed by one member), corp tags, and access tokens. All of
-it is generated deterministically from (corpid, seed) by ``POST /_sandbox/wecom/accounts``:
-userids ``staff00000…``, external_userids ``wm`` + 30 base64url characters of a SHAKE-256 stream,
-customer i followed by member ``i mod staff``, and whether a member ever confirms a mass-send
-task drawn by a hash of (corpid, seed, userid) against ``confirm_rate``.
+A corp (``corpid``) has a 客户联系 secret, apps (``agentid`` → secret), members (staff),
+customers (external contacts) and the follows between them, corp tags, and access tokens. As on
+the platform, a customer may be the friend of several members: each (customer, member) pair is a
+follow (``wc_follows``) with its own remark, add time, deletion and corp tags (``wc_follow_tags``,
+the tags *that* member marked). All of it is generated deterministically from (corpid, seed) by
+``POST /_sandbox/wecom/accounts``: userids ``staff00000…``, external_userids ``wm`` + 30 base64url
+characters of a SHAKE-256 stream, customer i followed by member ``i mod staff`` and, for a share
+``co_follow_share`` of customers, also by member ``i+1`` (and, for that share of those, ``i+2``
+…, up to ``max_follow_users`` members), and whether a member ever confirms a mass-send task
+drawn by a hash of (corpid, seed, userid) against ``confirm_rate``.
 
 Tokens live in the Official Account twin's token table (``wx_tokens``, appid
 ``wecom:<corpid>:<contact|agentid>``) so ``POST /_sandbox/faults {"revoke_tokens": true}``
@@ -50,20 +54,24 @@ CREATE TABLE IF NOT EXISTS wc_members (
     corpid TEXT NOT NULL, userid TEXT NOT NULL, idx INTEGER NOT NULL, confirms INTEGER NOT NULL,
     PRIMARY KEY (corpid, userid)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS wc_customers (
+-- One row per follow (customer, member): the customer's own fields (idx, name, unionid) repeat
+-- on each of their follows, deleted_at ends that one friendship (del_follow_user and
+-- del_external_contact both name a member).
+CREATE TABLE IF NOT EXISTS wc_follows (
     corpid TEXT NOT NULL, external_userid TEXT NOT NULL, userid TEXT NOT NULL,
     idx INTEGER NOT NULL, name TEXT NOT NULL, unionid TEXT NOT NULL, remark TEXT NOT NULL,
-    added_at REAL NOT NULL, deleted_at REAL, PRIMARY KEY (corpid, external_userid)
+    added_at REAL NOT NULL, deleted_at REAL, PRIMARY KEY (corpid, external_userid, userid)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS wc_customers_owner ON wc_customers(corpid, userid, external_userid);
+CREATE INDEX IF NOT EXISTS wc_follows_owner ON wc_follows(corpid, userid, external_userid);
 CREATE TABLE IF NOT EXISTS wc_tags (
     corpid TEXT NOT NULL, tag_id TEXT NOT NULL, group_id TEXT NOT NULL, group_name TEXT NOT NULL,
     name TEXT NOT NULL, ord INTEGER NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (corpid, tag_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS wc_customer_tags (
-    corpid TEXT NOT NULL, external_userid TEXT NOT NULL, tag_id TEXT NOT NULL,
-    PRIMARY KEY (corpid, external_userid, tag_id)
+-- The corp tags a member marked on their customer (follow_info.tag_id of that follow).
+CREATE TABLE IF NOT EXISTS wc_follow_tags (
+    corpid TEXT NOT NULL, external_userid TEXT NOT NULL, userid TEXT NOT NULL,
+    tag_id TEXT NOT NULL, PRIMARY KEY (corpid, external_userid, userid, tag_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS wc_calls (corpid TEXT NOT NULL, api TEXT NOT NULL, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS wc_calls_api ON wc_calls(corpid, api, ts);
@@ -128,6 +136,19 @@ def external_userids(corpid: str, seed: int, n: int) -> list[str]:
     return ["wm" + stream[i : i + 30] for i in range(0, 32 * n, 32)]
 
 
+def follower_indexes(ext: str, i: int, n_staff: int, share: float, most: int) -> list[int]:
+    """The members (indexes) following customer i: ``i mod staff`` first, then ``i+1``, ``i+2``
+    … each with chance ``share`` given the one before, at most ``most`` members in all. Drawn
+    from the external_userid, so a seed gives the same follows every time (and share 0 gives
+    exactly the one-member corps of before)."""
+    out = [i % n_staff]
+    for k in range(1, min(most, n_staff)):
+        if _share(ext, "co_follow", k) >= share:
+            break
+        out.append((i + k) % n_staff)
+    return out
+
+
 def _tag_id(corpid: str, *parts: str) -> str:
     return "et" + _b64(
         hashlib.blake2b(":".join((corpid, *parts)).encode(), digest_size=15).digest()
@@ -152,6 +173,11 @@ def create_corp(state: State, spec: dict[str, Any]) -> dict[str, Any]:
     if n_cust and not n_staff:
         raise ValueError("customers need at least one staff member to follow them")
     rate = float(spec.get("confirm_rate", 0.9))
+    co_share, most = float(spec.get("co_follow_share", 0.0)), int(spec.get("max_follow_users", 3))
+    if not 0.0 <= co_share <= 1.0:
+        raise ValueError("co_follow_share must be a share between 0 and 1")
+    if most < 1:
+        raise ValueError("max_follow_users must be at least 1 (the member who added the customer)")
     aes_key = str(
         spec.get("encoding_aes_key") or _b64(hashlib.sha256(corpid.encode()).digest())[:43]
     )
@@ -160,6 +186,13 @@ def create_corp(state: State, spec: dict[str, Any]) -> dict[str, Any]:
     now = state.now()
     staff = userids(n_staff)
     customers = external_userids(corpid, seed, n_cust)
+    # (customer, member, draw key): the first member's follow keeps the draws of one-member
+    # corps (so existing seeds do not change); a co-follower's draws also hash the userid.
+    follows = [
+        (ext, i, staff[m], (ext,) if k == 0 else (ext, staff[m]))
+        for i, ext in enumerate(customers)
+        for k, m in enumerate(follower_indexes(ext, i, n_staff, co_share, most))
+    ]
     with state.tx() as db:
         drop_corp(db, corpid)
         db.execute(
@@ -177,11 +210,11 @@ def create_corp(state: State, spec: dict[str, Any]) -> dict[str, Any]:
             [(corpid, u, i, int(_share(seed, u, "confirms") < rate)) for i, u in enumerate(staff)],
         )
         db.executemany(
-            "INSERT INTO wc_customers VALUES (?,?,?,?,?,?,?,?,NULL)",
-            [(corpid, ext, staff[i % n_staff], i, f"客户{i}",
+            "INSERT INTO wc_follows VALUES (?,?,?,?,?,?,?,?,NULL)",
+            [(corpid, ext, uid, i, f"客户{i}",
               "o" + _b64(hashlib.blake2b(f"union:{ext}".encode(), digest_size=21).digest())[:27],
-              "", now - _share(ext, "added") * TWO_YEARS)
-             for i, ext in enumerate(customers)],
+              "", now - _share(*key, "added") * TWO_YEARS)
+             for ext, i, uid, key in follows],
         )  # fmt: skip
         for g, (group, members) in enumerate(tags.items()):
             group_id = _tag_id(corpid, group)
@@ -192,16 +225,17 @@ def create_corp(state: State, spec: dict[str, Any]) -> dict[str, Any]:
                     (corpid, tag_id, group_id, group, name, 100 * g + t, now),
                 )
                 db.executemany(
-                    "INSERT INTO wc_customer_tags VALUES (?,?,?)",
-                    [(corpid, ext, tag_id) for ext in customers if _share(ext, tag_id) < share],
-                )
+                    "INSERT INTO wc_follow_tags VALUES (?,?,?,?)",
+                    [(corpid, ext, uid, tag_id) for ext, _, uid, key in follows
+                     if _share(*key, tag_id) < share],
+                )  # fmt: skip
     return describe_corp(state, corpid)
 
 
 def drop_corp(db: sqlite3.Connection, corpid: str) -> None:
     """Remove a corp and everything the twins keep about it (ledger rows included)."""
-    for table in ("wc_corps", "wc_apps", "wc_members", "wc_customers", "wc_tags",
-                  "wc_customer_tags", "wc_calls"):  # fmt: skip
+    for table in ("wc_corps", "wc_apps", "wc_members", "wc_follows", "wc_tags",
+                  "wc_follow_tags", "wc_calls"):  # fmt: skip
         db.execute(f"DELETE FROM {table} WHERE corpid = ?", (corpid,))
     for table in ("wc_tasks", "wc_task_staff", "wc_task_customers", "wc_reminds", "wc_app_msgs"):
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
@@ -219,11 +253,16 @@ def describe_corp(state: State, corpid: str) -> dict[str, Any]:
     if corp is None:
         raise KeyError(f"no corp {corpid}")
     staff = state.db.execute(
-        "SELECT m.userid, m.confirms, (SELECT count(*) FROM wc_customers c WHERE c.corpid ="
+        "SELECT m.userid, m.confirms, (SELECT count(*) FROM wc_follows c WHERE c.corpid ="
         " m.corpid AND c.userid = m.userid AND c.deleted_at IS NULL)"
         " FROM wc_members m WHERE m.corpid = ? ORDER BY m.idx",
         (corpid,),
     ).fetchall()
+    customers, follows = state.db.execute(
+        "SELECT count(DISTINCT external_userid), count(*) FROM wc_follows"
+        " WHERE corpid = ? AND deleted_at IS NULL",
+        (corpid,),
+    ).fetchone()
     agents = [r[0] for r in state.db.execute(
         "SELECT agentid FROM wc_apps WHERE corpid = ? ORDER BY agentid", (corpid,))]  # fmt: skip
     return {
@@ -231,14 +270,19 @@ def describe_corp(state: State, corpid: str) -> dict[str, Any]:
         "monthly_rule": corp.monthly_rule,
         "agents": agents,
         "staff": [{"userid": u, "confirms": bool(c), "customers": n} for u, c, n in staff],
-        "customers": state.one(
-            "SELECT count(*) FROM wc_customers WHERE corpid = ? AND deleted_at IS NULL", (corpid,)
-        ),
+        # customers: distinct people who are still someone's friend; follows: (customer,
+        # member) pairs, what batch/get_by_user lists over every member.
+        "customers": customers,
+        "follows": follows,
     }
 
 
-def delete_customer(state: State, corpid: str, ext: str, change_type: str) -> dict[str, Any]:
-    """The customer stops being a friend; queue the encrypted change_external_contact event."""
+def delete_customer(
+    state: State, corpid: str, ext: str, change_type: str, userid: str | None = None
+) -> dict[str, Any]:
+    """One member and the customer stop being friends (the follow of ``userid``, which may be
+    left out when only one member follows them); queue the encrypted change_external_contact
+    event. The customer stays a friend of their other members."""
     corp = load_corp(state, corpid)
     if corp is None:
         raise KeyError(f"no corp {corpid}")
@@ -246,30 +290,38 @@ def delete_customer(state: State, corpid: str, ext: str, change_type: str) -> di
         raise ValueError("change_type must be del_follow_user or del_external_contact")
     now = state.now()
     with state.tx() as db:
-        row = db.execute(
-            "SELECT userid FROM wc_customers WHERE corpid = ? AND external_userid = ?"
-            " AND deleted_at IS NULL",
+        members = [r[0] for r in db.execute(
+            "SELECT userid FROM wc_follows WHERE corpid = ? AND external_userid = ?"
+            " AND deleted_at IS NULL ORDER BY userid",
             (corpid, ext),
-        ).fetchone()
-        if row is None:
-            raise KeyError(f"no customer {ext} in {corpid}")
+        )]  # fmt: skip
+        if not members or (userid is not None and userid not in members):
+            raise KeyError(f"no customer {ext} of {userid or 'any member'} in {corpid}")
+        if userid is None and len(members) > 1:
+            raise ValueError(
+                f"customer {ext} is followed by {', '.join(members)}: give the userid whose"
+                " friendship ends"
+            )
+        member = userid or members[0]
         db.execute(
-            "UPDATE wc_customers SET deleted_at = ? WHERE corpid = ? AND external_userid = ?",
-            (now, corpid, ext),
+            "UPDATE wc_follows SET deleted_at = ? WHERE corpid = ? AND external_userid = ?"
+            " AND userid = ?",
+            (now, corpid, ext, member),
         )
         fields: dict[str, str | int] = {
             "ToUserName": corpid, "FromUserName": "sys", "CreateTime": int(now),
             "MsgType": "event", "Event": "change_external_contact", "ChangeType": change_type,
-            "UserID": row[0], "ExternalUserID": ext,
+            "UserID": member, "ExternalUserID": ext,
         }  # fmt: skip
         callbacks.enqueue(
             db, channel="wecom_customer", account=corpid, event="change_external_contact",
-            msg_id=f"{ext}:{int(now)}", url=corp.callback_url, token=corp.token,
+            msg_id=f"{ext}:{member}:{int(now)}", url=corp.callback_url, token=corp.token,
             aes_key=corp.aes_key, receive_id=corpid, to_user=corpid, from_user="sys",
             plaintext=event_xml(fields), max_attempts=1 + corp.rules["callback_retries"],
             timeout=corp.rules["callback_timeout_seconds"], now=now,
         )  # fmt: skip
-    return {"corpid": corpid, "external_userid": ext, "userid": row[0], "change_type": change_type}
+    return {"corpid": corpid, "external_userid": ext, "userid": member, "change_type": change_type,
+            "still_followed_by": [m for m in members if m != member]}  # fmt: skip
 
 
 # -- tokens ---------------------------------------------------------------------------------------
@@ -404,6 +456,7 @@ async def admin_delete_customer(request: web.Request) -> web.Response:
     out = delete_customer(
         request.app[STATE], request.match_info["corpid"], str(body["external_userid"]),
         str(body.get("change_type", "del_follow_user")),
+        str(body["userid"]) if body.get("userid") else None,
     )  # fmt: skip
     return web.json_response(out)
 

@@ -2,12 +2,14 @@
 
 Serves ``/wecom/cgi-bin/externalcontact/...`` (reference §3.3–§3.5) with the 客户联系 secret's
 token. ``add_msg_template`` creates a task: one row per member who follows a targeted customer
-and one per (member, customer), all status 0. After the corp's ``confirm_delay_seconds`` a member
-who ever confirms (see :mod:`.wecom_common`) sends it (task status 2): each customer gets status
-1 and a ledger row, or 2 when no longer a friend, or 3 when the per-customer cap of the corp's
-``monthly_rule`` is already reached (days in the month / ``customer_cap_per_week`` per week /
-``customer_cap_per_day`` per day, counted from the ledger). Members who never confirm, and every
-member of a cancelled task, stay at 0.
+and one per (member, customer), all status 0. A customer several members follow is sent by one
+of them: the ``sender`` when given, else the member who "last chatted" with them — chats are not
+modelled, so the sandbox takes the member who added them last (a sandbox choice). After the
+corp's ``confirm_delay_seconds`` a member who ever confirms (see :mod:`.wecom_common`) sends it
+(task status 2): each customer gets status 1 and a ledger row, or 2 when no longer a friend, or
+3 when the per-customer cap of the corp's ``monthly_rule`` is already reached (days in the month
+/ ``customer_cap_per_week`` per week / ``customer_cap_per_day`` per day, counted from the
+ledger). Members who never confirm, and every member of a cancelled task, stay at 0.
 """
 
 from __future__ import annotations
@@ -118,14 +120,19 @@ def add_msg_template(call: Call, corp: Corp) -> dict[str, Any]:
         count_call(state, corp, "add_msg_template")
         owner = "" if not sender else " AND c.userid = ?"
         if listed:
+            # One follow per listed customer (a repeated id counts once): the sender's, else
+            # the "last chatted" stand-in — a live follow before a deleted one, then the latest
+            # added. A customer whose only follows are deleted stays a target and gets status 2.
             sql = (
-                f"SELECT DISTINCT c.external_userid, c.userid, {RECEIVED} FROM json_each(?) j"
-                f" JOIN wc_customers c ON c.corpid = ? AND c.external_userid = j.value{owner}"
+                f"SELECT c.external_userid, c.userid, {RECEIVED} FROM (SELECT c.*, row_number()"
+                " OVER (PARTITION BY c.external_userid ORDER BY c.deleted_at IS NOT NULL,"
+                " c.added_at DESC, c.userid) AS pick FROM json_each(?) j JOIN wc_follows c"
+                f" ON c.corpid = ? AND c.external_userid = j.value{owner}) c WHERE c.pick = 1"
             )
             params: tuple[Any, ...] = (start, json.dumps(listed), corp.corpid)
         else:
             sql = (
-                f"SELECT c.external_userid, c.userid, {RECEIVED} FROM wc_customers c"
+                f"SELECT c.external_userid, c.userid, {RECEIVED} FROM wc_follows c"
                 f" WHERE c.corpid = ? AND c.deleted_at IS NULL{owner}"
             )
             params = (start, corp.corpid)
@@ -178,8 +185,8 @@ def complete_due(state: State, limit: int = 200) -> int:
             start, cap = cap_window(state, corp, now)
             rows = db.execute(
                 f"SELECT tc.external_userid, c.deleted_at IS NOT NULL, {RECEIVED}"
-                " FROM wc_task_customers tc JOIN wc_customers c ON c.corpid = tc.corpid"
-                " AND c.external_userid = tc.external_userid"
+                " FROM wc_task_customers tc JOIN wc_follows c ON c.corpid = tc.corpid"
+                " AND c.external_userid = tc.external_userid AND c.userid = tc.userid"
                 " WHERE tc.msgid = ? AND tc.userid = ?",
                 (start, msgid, userid),
             ).fetchall()
@@ -314,7 +321,7 @@ def contact_list(call: Call, corp: Corp) -> dict[str, Any]:
     ):
         raise ApiError(40003, "invalid userid")
     rows = call.state.db.execute(
-        "SELECT external_userid FROM wc_customers WHERE corpid = ? AND userid = ?"
+        "SELECT external_userid FROM wc_follows WHERE corpid = ? AND userid = ?"
         " AND deleted_at IS NULL ORDER BY external_userid",
         (corp.corpid, userid),
     )
@@ -322,7 +329,9 @@ def contact_list(call: Call, corp: Corp) -> dict[str, Any]:
 
 
 def batch_get_by_user(call: Call, corp: Corp) -> dict[str, Any]:
-    """Customers of ``userid_list`` (≤ 100) in (userid, external_userid) order, cursor-paged."""
+    """Customers of ``userid_list`` (≤ 100) in (userid, external_userid) order, cursor-paged:
+    one item per follow, so a customer several of the members follow comes once per member,
+    each time with the tags that member marked (``follow_info.tag_id``)."""
     users = [str(u) for u in call.body.get("userid_list") or []]
     if not users or len(users) > corp.rules["contacts_page_max"]:
         raise ApiError(40058, "userid_list must hold 1..100 userids")
@@ -330,9 +339,9 @@ def batch_get_by_user(call: Call, corp: Corp) -> dict[str, Any]:
     after_user, _, after_ext = str(call.body.get("cursor") or "").partition("|")
     rows = call.state.db.execute(
         "SELECT c.external_userid, c.name, c.unionid, c.userid, c.remark, c.added_at,"
-        " (SELECT json_group_array(tag_id) FROM wc_customer_tags t WHERE t.corpid = c.corpid"
-        "  AND t.external_userid = c.external_userid)"
-        " FROM wc_customers c WHERE c.corpid = ? AND c.deleted_at IS NULL"
+        " (SELECT json_group_array(tag_id) FROM wc_follow_tags t WHERE t.corpid = c.corpid"
+        "  AND t.external_userid = c.external_userid AND t.userid = c.userid)"
+        " FROM wc_follows c WHERE c.corpid = ? AND c.deleted_at IS NULL"
         " AND c.userid IN (SELECT value FROM json_each(?))"
         " AND (c.userid, c.external_userid) > (?, ?)"
         " ORDER BY c.userid, c.external_userid LIMIT ?",
@@ -380,7 +389,7 @@ def mark_tag(call: Call, corp: Corp) -> dict[str, Any]:
     db = call.state.db
     if (
         call.state.one(
-            "SELECT 1 FROM wc_customers WHERE corpid = ? AND external_userid = ? AND userid = ?"
+            "SELECT 1 FROM wc_follows WHERE corpid = ? AND external_userid = ? AND userid = ?"
             " AND deleted_at IS NULL",
             (corp.corpid, str(b.get("external_userid")), str(b.get("userid"))),
         )
@@ -392,12 +401,13 @@ def mark_tag(call: Call, corp: Corp) -> dict[str, Any]:
     }
     if not set(add + remove) <= known:
         raise ApiError(40068, "invalid tagid")
-    with call.state.tx():
-        ext = str(b["external_userid"])
-        db.executemany("INSERT OR IGNORE INTO wc_customer_tags VALUES (?,?,?)",
-                       [(corp.corpid, ext, t) for t in add])  # fmt: skip
-        db.executemany("DELETE FROM wc_customer_tags WHERE corpid = ? AND external_userid = ?"
-                       " AND tag_id = ?", [(corp.corpid, ext, t) for t in remove])  # fmt: skip
+    with call.state.tx():  # the marks of this member only: a co-follower's stay
+        ext, uid = str(b["external_userid"]), str(b["userid"])
+        db.executemany("INSERT OR IGNORE INTO wc_follow_tags VALUES (?,?,?,?)",
+                       [(corp.corpid, ext, uid, t) for t in add])  # fmt: skip
+        db.executemany("DELETE FROM wc_follow_tags WHERE corpid = ? AND external_userid = ?"
+                       " AND userid = ? AND tag_id = ?",
+                       [(corp.corpid, ext, uid, t) for t in remove])  # fmt: skip
     return {}
 
 

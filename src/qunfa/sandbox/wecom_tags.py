@@ -2,9 +2,9 @@
 
 ``externalcontact/add_corp_tag``, ``edit_corp_tag``, ``del_corp_tag`` with the limits of
 ``rules/wecom.toml`` (``corp_tags_max`` tags per corp, ``corp_tag_name_max_chars``), and
-``externalcontact/get`` (a customer with the members who follow them and the tags each member
-put on them). Listing and marking tags (``get_corp_tag_list``, ``mark_tag``) live in
-:mod:`.wecom_customer`. Errcodes: 40068 unknown tag or group id, 40071 a name already used in
+``externalcontact/get`` (a customer with every member who still follows them, each with the tags
+*that* member put on them). Listing and marking tags (``get_corp_tag_list``, ``mark_tag``) live
+in :mod:`.wecom_customer`. Errcodes: 40068 unknown tag or group id, 40071 a name already used in
 the group, 40072 a name too long or empty, 45024 over the corp tag limit (the platform's code
 for that is not documented: a sandbox choice), 84061 unknown customer.
 """
@@ -152,7 +152,7 @@ def del_corp_tag(call: Call, corp: Corp) -> dict[str, Any]:
         raise ApiError(40068, "invalid tagid")
     with call.state.tx():
         db.execute(
-            "DELETE FROM wc_customer_tags WHERE corpid = ? AND tag_id IN"
+            "DELETE FROM wc_follow_tags WHERE corpid = ? AND tag_id IN"
             " (SELECT value FROM json_each(?))",
             (corp.corpid, json.dumps(doomed)),
         )
@@ -164,27 +164,34 @@ def del_corp_tag(call: Call, corp: Corp) -> dict[str, Any]:
 
 
 def get_contact(call: Call, corp: Corp) -> dict[str, Any]:
-    """``GET externalcontact/get?external_userid=``: the customer and its follow users."""
+    """``GET externalcontact/get?external_userid=``: the customer and its follow users (every
+    member still their friend, in userid order, each with the tags that member marked)."""
     ext = call.query.get("external_userid", "")
     rows = call.state.db.execute(
         "SELECT c.name, c.unionid, c.userid, c.remark, c.added_at, t.tag_id, t.name,"
-        " t.group_name FROM wc_customers c LEFT JOIN wc_customer_tags ct ON ct.corpid ="
-        " c.corpid AND ct.external_userid = c.external_userid LEFT JOIN wc_tags t ON"
-        " t.corpid = c.corpid AND t.tag_id = ct.tag_id"
-        " WHERE c.corpid = ? AND c.external_userid = ? AND c.deleted_at IS NULL",
+        " t.group_name FROM wc_follows c LEFT JOIN wc_follow_tags ct ON ct.corpid ="
+        " c.corpid AND ct.external_userid = c.external_userid AND ct.userid = c.userid"
+        " LEFT JOIN wc_tags t ON t.corpid = c.corpid AND t.tag_id = ct.tag_id"
+        " WHERE c.corpid = ? AND c.external_userid = ? AND c.deleted_at IS NULL"
+        " ORDER BY c.userid, t.ord",
         (corp.corpid, ext),
     ).fetchall()
     if not rows:
         raise ApiError(84061, "not external contact")
-    name, unionid, userid, remark, added = rows[0][:5]
-    tags = [{"group_name": g, "tag_name": n, "tag_id": t, "type": 1}
-            for *_, t, n, g in rows if t is not None]  # fmt: skip
+    follows: dict[str, dict[str, Any]] = {}
+    for _, _, userid, remark, added, tag_id, tag_name, group in rows:
+        follow = follows.setdefault(userid, {
+            "userid": userid, "remark": remark, "description": "", "createtime": int(added),
+            "tags": [], "add_way": 1, "oper_userid": userid})  # fmt: skip
+        if tag_id is not None:
+            follow["tags"].append(
+                {"group_name": group, "tag_name": tag_name, "tag_id": tag_id, "type": 1}
+            )
+    name, unionid = rows[0][:2]
     return {
         "external_contact": {"external_userid": ext, "name": name, "type": 1, "gender": 0,
                              "unionid": unionid},
-        "follow_user": [{"userid": userid, "remark": remark, "description": "",
-                         "createtime": int(added), "tags": tags, "add_way": 1,
-                         "oper_userid": userid}],
+        "follow_user": list(follows.values()),
         "next_cursor": "",
     }  # fmt: skip
 

@@ -36,6 +36,7 @@ from qunfa.domain import behaviour as d
 from qunfa.domain.fields import normalise_registered_at, normaliser
 from qunfa.services.accounts import AccountError
 from qunfa.storage import behaviour_sql as bq
+from qunfa.storage.db import take_write_lock
 from qunfa.storage.models import Account, Contact, ContactFacts, Identity
 
 if TYPE_CHECKING:
@@ -615,6 +616,7 @@ def cut_rank(n: int, k: int, buckets: int = 5) -> int:
 
 
 def _fill_scope(conn: Connection, params: Mapping[str, Any]) -> None:
+    take_write_lock(conn)  # reads then writes the main database: see storage/db.py
     conn.execute(bq.facts_scope_ddl(conn.dialect.name))
     conn.execute(bq.FACTS_SCOPE_CLEAR)  # SQLite keeps the rows of an earlier refresh
     conn.execute(bq.FACTS_SCOPE_FILL, dict(params))

@@ -12,18 +12,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, insert, select, update
 
 from qunfa.channels.base import ContentError
 from qunfa.channels.registry import account_channel, channel_class
-from qunfa.channels.wechat_oa import CHINA
 from qunfa.domain.audience import Audience, AudienceError, parse_audience
 from qunfa.domain.keys import batch_key
 from qunfa.domain.states import CampaignState, campaign_transition
-from qunfa.services import list_minimum, scheduling
+from qunfa.services import links, list_minimum, scheduling
 from qunfa.storage import queries as q
 from qunfa.storage.models import Account, Batch, Campaign, Delivery, Identity, Tag
 
@@ -56,10 +54,15 @@ OPTIONS = {
     "over_cap": "skip | defer | fallback:<channel>: who is over a cap or quota",
     "fallback_account": "the fallback channel's account (app id), when there are several",
     "fallback_content": "content per fallback channel, {<channel>: {...}}",
+    # tracked short links (docs/compliance.md)
+    "track_links": "true (default): links become tracked short links; false: left as written; "
+    '"campaign": tracked without a per-recipient part',
 }
 
 
 def validate_options(options: dict[str, Any]) -> dict[str, Any]:
+    if (wrong := links.validate_option(options)) is not None:
+        raise CampaignError(wrong)
     unknown = set(options) - set(OPTIONS)
     if unknown:
         known = ", ".join(f"{k} ({v})" for k, v in OPTIONS.items())
@@ -196,10 +199,30 @@ class CampaignService:
                 created_at=time.time(),
             )
             s.add(camp)
+            s.flush()  # the id: tracked-link codes carry it
+            self._track_links(camp, cls, acc)
             s.commit()
         if used is not None:
             self.c.materials.record_use(*used, camp.id)
         return camp
+
+    def _track_links(self, camp: Campaign, cls: Any, acc: Account) -> None:
+        """Rewrite the content's links to tracked short links, before any check (the digest
+        then covers what is sent); the rewritten content must still pass the channel's limits.
+        A material reference carries no link of its own: it is left alone."""
+        content, options = links.track(
+            self.c, camp.id, camp.channel, camp.content, camp.options, acc.settings
+        )
+        if content is camp.content:
+            return
+        try:
+            cls.validate_content(content, self.c.accounts.config(acc, camp.channel).rules)
+        except ContentError as exc:
+            raise CampaignError(
+                f"with its links rewritten to tracked short links the content no longer "
+                f'fits: {exc}; shorten it or set options {{"track_links": false}}'
+            ) from exc
+        camp.content, camp.options = content, options
 
     def _tag(self, account_id: int, aud: Audience) -> Tag:
         with self.c.sessions() as s:
@@ -291,7 +314,8 @@ class CampaignService:
     def _pace(self, camp: Campaign, acc: Account, batch_size: int) -> None:
         """Spread batches over days for channels with a daily pace (personal WeChat).
 
-        Day 0's batches are due now; day k's at ``pace_start_hour`` (China time) k days later.
+        The i-th batch goes on pace day i // per_day; when each day starts (the schedule, the
+        window, quiet hours, holidays; one day per date) is ``scheduling.pace_days``.
         """
         cls = channel_class(camp.channel)
         if cls.daily_pace_rule is None or batch_size <= 0:
@@ -299,19 +323,13 @@ class CampaignService:
         rules = self.c.accounts.config(acc, camp.channel).rules
         per_day = max(1, rules[cls.daily_pace_rule] // batch_size)
         start_hour = rules["pace_start_hour"] if "pace_start_hour" in rules.rules else 9
-        allowed = scheduling.pace_due(camp, acc)  # the campaign's timing options, if any
-        now = datetime.now(CHINA)
-        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
         with self.c.sessions() as s:
             batches = s.scalars(
                 select(Batch).where(Batch.campaign_id == camp.id).order_by(Batch.batch_no)
             ).all()
-            for b in batches:
-                day = b.batch_no // per_day
-                due = now if day == 0 else midnight + timedelta(days=day, hours=start_hour)
-                if allowed is not None:  # pace days start at the window, never in quiet hours
-                    due = allowed(due)
-                b.next_attempt_at = max(b.next_attempt_at or 0.0, due.timestamp())
+            days = scheduling.pace_days(camp, acc, -(-len(batches) // per_day), start_hour)
+            for i, b in enumerate(batches):
+                b.next_attempt_at = max(b.next_attempt_at or 0.0, days[i // per_day])
             s.commit()
 
     def _batch_size(self, camp: Campaign, acc: Account) -> int:
@@ -333,11 +351,11 @@ class CampaignService:
         if not single:
             page = max(1, -(-page // size)) * size  # whole batches per page
         tag_id = self._tag(acc.id, aud).id if aud.kind == "tag" else None
-        insert_sql: Any = q.PLAN_PAGE_TAG if tag_id else q.PLAN_PAGE_ALL
-        end_sql: Any = q.PLAN_PAGE_END_TAG if tag_id else q.PLAN_PAGE_END_ALL
-        if seg is not None:  # the segment compiled into the same page shape (set-based)
-            kind = channel_class(camp.channel).recipient_kind
-            insert_sql, end_sql = self.c.segments.plan_statements(seg, acc.id, kind)
+        if seg is None:  # everyone or a tag: one statement per batch, no window sort
+            return self._plan_chunks(camp, acc, tag_id, size, page, progress)
+        # The segment compiled into the page shape (set-based, numbered in SQL).
+        kind = channel_class(camp.channel).recipient_kind
+        insert_sql, end_sql = self.c.segments.plan_statements(seg, acc.id, kind)
         params: dict[str, Any] = {
             "campaign_id": camp.id,
             "account_id": acc.id,
@@ -373,6 +391,57 @@ class CampaignService:
                         ).scalar_one()
                     )
             after = int(end)
+            if progress:
+                progress("planning", total, None)
+        if single and total:
+            with self.c.engine.begin() as conn:
+                self._insert_batches(conn, camp, [(0, total)])
+        return total
+
+    def _plan_chunks(
+        self,
+        camp: Campaign,
+        acc: Account,
+        tag_id: int | None,
+        size: int,
+        page: int,
+        progress: Progress | None,
+    ) -> int:
+        """Everyone or a tag: one ``INSERT … SELECT … LIMIT`` per batch (``PLAN_CHUNK_*``) whose
+        rowcount is the batch's size, one transaction per page of whole batches. Numbering is
+        the page form's: batch k holds the k-th run of ``size`` recipients in identity order.
+        One batch (``size`` is :data:`SINGLE_BATCH`) goes in page-sized chunks, all batch 0."""
+        single = size == SINGLE_BATCH
+        chunk = page if single else size
+        params: dict[str, Any] = {
+            "campaign_id": camp.id,
+            "account_id": acc.id,
+            "kind": channel_class(camp.channel).recipient_kind,
+            "yes": True,
+            "limit": chunk,
+            "tag_id": tag_id,
+        }
+        insert_sql = q.PLAN_CHUNK_TAG if tag_id else q.PLAN_CHUNK_ALL
+        after, batch_no, total, more = 0, 0, 0, True
+        while more:
+            with self.c.engine.begin() as conn:
+                sizes: list[tuple[int, int]] = []
+                for _ in range(max(1, page // chunk)):
+                    n = int(
+                        conn.execute(
+                            insert_sql,
+                            {**params, "after_id": after, "batch_no": batch_no, "now": time.time()},
+                        ).rowcount
+                    )
+                    total += n
+                    if n and not single:
+                        sizes.append((batch_no, n))
+                        batch_no += 1
+                    if n < chunk:  # the audience ends in this chunk
+                        more = False
+                        break
+                    after = int(conn.execute(q.PLAN_CURSOR, {"campaign_id": camp.id}).scalar_one())
+                self._insert_batches(conn, camp, sizes)
             if progress:
                 progress("planning", total, None)
         if single and total:
@@ -546,6 +615,7 @@ class CampaignService:
                 "verdict": (camp.check_report or {}).get("verdict"),
             },
             "scheduled_at": camp.scheduled_at,
+            "links": links.LinkService(self.c).report(camp),  # tracked-link clicks, or None
             "created_by": camp.created_by,
             "created_at": camp.created_at,
             "started_at": camp.started_at,

@@ -29,7 +29,7 @@ from qunfa.channels.registry import channel_class
 from qunfa.domain.backoff import backoff_delay
 from qunfa.domain.outcomes import BatchOutcome, ErrorClass, PlatformError
 from qunfa.domain.states import TERMINAL_BATCH_STATES, BatchState, CampaignState
-from qunfa.services import list_minimum
+from qunfa.services import links, list_minimum
 from qunfa.services.personalise import personalise_batch
 from qunfa.storage import queries as q
 from qunfa.storage.models import Account, Batch, Campaign
@@ -48,6 +48,10 @@ class Dispatcher:
     def __init__(self, c: Container) -> None:
         self.c = c
         self._local = threading.local()
+        # Every thread's loop and session, so that shutdown can close those of worker threads
+        # that have already stopped (unclosed aiohttp sessions are reported at exit).
+        self._opened: list[tuple[asyncio.AbstractEventLoop, HttpClient]] = []
+        self._opened_lock = threading.Lock()
 
     def run(self, batch_id: int) -> str:
         """Entry point for a worker thread.
@@ -60,6 +64,8 @@ class Dispatcher:
         if getattr(local, "loop", None) is None:
             local.loop = asyncio.new_event_loop()
             local.http = HttpClient(lambda: self.c.settings.http_timeout)
+            with self._opened_lock:
+                self._opened.append((local.loop, local.http))
         result: str = local.loop.run_until_complete(self.send(batch_id, local.http))
         return result
 
@@ -67,9 +73,37 @@ class Dispatcher:
         """Release this thread's loop and session (worker shutdown, tests)."""
         local = self._local
         if getattr(local, "loop", None) is not None:
+            with self._opened_lock:
+                self._opened.remove((local.loop, local.http))
             local.loop.run_until_complete(local.http.close())
             local.loop.close()
             local.loop = None
+
+    def close(self) -> None:
+        """Release every thread's loop and session; call once the worker threads have stopped
+        (a loop still running in another thread is left alone). The loops are run in a helper
+        thread: the caller's own thread may be running an event loop of its own."""
+        local = self._local
+        if getattr(local, "loop", None) is not None:
+            local.loop = None
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        opened = [(lp, h) for lp, h in opened if not (lp.is_running() or lp.is_closed())]
+        if not opened:
+            return
+
+        def close_all() -> None:
+            for loop, http in opened:
+                try:
+                    loop.run_until_complete(http.close())
+                except Exception:  # shutting down: a session that will not close is left
+                    log.debug("could not close a worker thread's HTTP session", exc_info=True)
+                finally:
+                    loop.close()
+
+        closer = threading.Thread(target=close_all, name="qunfa-dispatch-close")
+        closer.start()
+        closer.join()
 
     async def send(self, batch_id: int, http: HttpClient) -> str:
         """Send batch ``batch_id`` if it is due; returns the batch's state afterwards."""
@@ -144,6 +178,8 @@ class Dispatcher:
                 return self._material_failed(batch, owner, exc)
         # Per-recipient rendering (docs/content.md, services/personalise.py); None: same for all.
         personal = personalise_batch(self.c, camp.channel, content, camp.id, batch.batch_no, rows)
+        # Tracked links name their recipient where the channel renders per person (links.py).
+        personal = links.attribute(self.c, camp, content, rows, personal)
         if personal is not None and not cls.personalises:  # never send a raw {{ name }}
             why = f"{camp.channel} cannot send per-recipient content; remove per-person variables"
             self._finish(batch, owner, BatchState.FAILED, why)

@@ -33,13 +33,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from qunfa.channels.registry import channel_class
 from qunfa.domain import quota as dom
 from qunfa.domain.keys import batch_key
 from qunfa.domain.quota import Cap, Policy, QuotaRule
 from qunfa.storage import quota_sql as q
+from qunfa.storage.db import take_write_lock
 from qunfa.storage.models import (
     Account,
     Batch,
@@ -143,6 +144,26 @@ class QuotaService:
             ).all()
         )
 
+    @staticmethod
+    def _scheduled(conn: Connection, camp: Campaign) -> list[Any]:
+        """Other live campaigns (planned, sending or paused) — their ``planned`` rows are
+        messages they will send: counted by due time so two scheduled campaigns cannot both
+        count on a person's last slot (campaign rows, not people)."""
+        return list(
+            conn.execute(
+                select(
+                    Campaign.id,
+                    Campaign.account_id,
+                    Campaign.channel,
+                    Campaign.options,
+                    Campaign.content,
+                ).where(
+                    Campaign.id != camp.id,
+                    Campaign.state.in_(("planned", "sending", "paused")),
+                )
+            ).all()
+        )
+
     # -- the plan step -----------------------------------------------------------------------------
     def apply_at_plan(self, campaign_id: int, total: int) -> PlanQuota:
         """After consent, before pacing and timing: caps, per-recipient rules, account quotas,
@@ -163,42 +184,58 @@ class QuotaService:
         with self.c.engine.begin() as conn:
             horizon = max([c.window for c in caps] + [31 * dom.DAY_SECONDS])
             earlier = self._campaigns(conn, camp, now - horizon)
+            scheduled = self._scheduled(conn, camp)
 
-            # Caps, then per-recipient rules: one set-based pass (``quota_sql.over_all``).
+            # Caps, then per-recipient rules: one set-based pass (``quota_sql.over_all``). Each
+            # counts what earlier campaigns sent (``counted``) and what other live campaigns
+            # plan to send inside its window (``pending``: their planned rows by due time).
             over: list[dict[str, Any]] = []
             for cap in caps:
-                counted = [
-                    e.id
-                    for e in earlier
-                    if not dom.is_transactional(e.options or {}, e.content or {})
-                    and (cap.channels is None or e.channel in cap.channels)
-                    and (not cap.per_identity or e.account_id == acc.id)
-                ]
+                counted, pending = (
+                    [
+                        e.id
+                        for e in group
+                        if not dom.is_transactional(e.options or {}, e.content or {})
+                        and (cap.channels is None or e.channel in cap.channels)
+                        and (not cap.per_identity or e.account_id == acc.id)
+                    ]
+                    for group in (earlier, scheduled)
+                )
                 over.append({"reason": cap.reason, "per_identity": cap.per_identity,
-                             "rolling": True, "counted": counted, "k": cap.limit - 1,
-                             "since": at - cap.window, "window": cap.window,
+                             "rolling": True, "counted": counted, "pending": pending,
+                             "k": cap.limit - 1, "since": at - cap.window,
+                             "upper": at + cap.window, "window": cap.window,
                              "until": 0.0})  # fmt: skip
             digest = content_digest(camp.content or {})
             for rule in (r for r in rules if r.scope == "recipient"):
-                counted = [
-                    e.id
-                    for e in earlier
-                    if e.account_id == acc.id
-                    and e.channel == camp.channel
-                    and (not rule.same_content or content_digest(e.content or {}) == digest)
-                ]
+                counted, pending = (
+                    [
+                        e.id
+                        for e in group
+                        if e.account_id == acc.id
+                        and e.channel == camp.channel
+                        and (not rule.same_content or content_digest(e.content or {}) == digest)
+                    ]
+                    for group in (earlier, scheduled)
+                )
+                until = dom.period_end(rule.period, at)
                 over.append({"reason": rule.reason, "per_identity": True, "rolling": False,
-                             "counted": counted, "k": rule.limit - 1,
-                             "since": dom.period_start(rule.period, at), "window": 0.0,
-                             "until": dom.period_end(rule.period, at)})  # fmt: skip
-            self._over(conn, campaign_id, now, over, person_pol, skipped, deferred)
+                             "counted": counted, "pending": pending, "k": rule.limit - 1,
+                             "since": dom.period_start(rule.period, at), "upper": until,
+                             "window": 0.0, "until": until})  # fmt: skip
+            # Deferred rows go straight to batches of their own after the campaign's last.
+            base = 1 + int(conn.execute(q.MAX_BATCH_NO, {"campaign_id": campaign_id}).scalar_one())
+            size = self._size(camp, acc, camp.mode)
+            moved = self._over(conn, campaign_id, now, over, person_pol, skipped, deferred,
+                               base, size)  # fmt: skip
             for rule in (r for r in rules if r.scope == "account" and r.unit == "recipients"):
                 self._account_recipients(conn, camp, acc, rule, at, now, account_pol,
                                          skipped, deferred)  # fmt: skip
             changed = sum(skipped.values()) + sum(deferred.values()) > 0
             note = None
             if changed:
-                note = self._rebatch(conn, camp, acc, now)
+                calls = any(r.scope == "account" and r.unit == "calls" for r in rules)
+                note = self._rebatch(conn, camp, acc, now, calls, moved, base)
             for rule in (r for r in rules if r.scope == "account" and r.unit == "calls"):
                 self._account_calls(conn, camp, acc, rule, at, now, account_pol, skipped,
                                     deferred)  # fmt: skip
@@ -222,34 +259,58 @@ class QuotaService:
             note,
         )
 
+    def _size(self, camp: Campaign, acc: Account, mode: str) -> int:
+        rules = self.c.accounts.config(acc, camp.channel).rules
+        return channel_class(camp.channel).batch_size(rules, mode) or SINGLE_BATCH
+
     @staticmethod
     def _over(
         conn: Connection, campaign_id: int, now: float, over: list[dict[str, Any]],
-        pol: Policy, skipped: Counter[str], deferred: Counter[str],
-    ) -> None:  # fmt: skip
+        pol: Policy, skipped: Counter[str], deferred: Counter[str], base: int, size: int,
+    ) -> list[tuple[int, int]]:  # fmt: skip
         """Every cap and per-recipient rule in one statement over the campaign's planned rows
         (skip: the first rule a person is over; defer: the latest moment among them), then one
-        count per reason. A rule no earlier campaign counts for cannot bite and is left out."""
-        over = [o for o in over if o["counted"]]
+        count per reason. A rule no earlier campaign counts for cannot bite and is left out; nor
+        can a rule keyed by the identity that fewer than ``k + 1`` campaigns count for (a
+        campaign has at most one row per identity: ``uq_deliveries_campaign_id``)."""
+        over = [
+            o for o in over
+            if len(o["counted"]) + len(o["pending"]) > (o["k"] if o["per_identity"] else 0)
+        ]  # fmt: skip
         if not over:
-            return
+            return []
         defer = pol.action == "defer"
-        shape = tuple((o["per_identity"], o["rolling"], o["k"] > 0) for o in over)
+        shape = tuple(
+            (o["per_identity"], o["rolling"], o["k"] > 0, bool(o["pending"])) for o in over
+        )
         p: dict[str, Any] = {
             "campaign_id": campaign_id,
             "now": now,
             "since_min": min(o["since"] for o in over),
-            "counted_all": sorted({c for o in over for c in o["counted"]}),
+            "counted_all": sorted(
+                {c for o in over if not (o["per_identity"] or o["pending"]) for c in o["counted"]}
+            ),
         }
         for i, o in enumerate(over):
             p.update({f"{k}{i}": o[k] for k in ("reason", "counted", "k", "since")})
+            if o["pending"]:
+                p.update({f"pending{i}": o["pending"], f"upper{i}": o["upper"]})
             if defer:
                 p.update({f"window{i}": o["window"], f"until{i}": o["until"]})
-        conn.execute(q.over_all(shape, defer), p)
-        reasons = sorted({o["reason"] for o in over})
-        counts = conn.execute(q.OVER_COUNTS, {"campaign_id": campaign_id, "reasons": reasons})
-        for reason, n in counts:
+        own = {"campaign_id": campaign_id}
+        take_write_lock(conn)  # reads then writes the main database: see storage/db.py
+        conn.execute(q.CREATE_QUOTA_OVER)
+        conn.execute(q.CLEAR_QUOTA_OVER, own)
+        conn.execute(q.over_all(shape, defer), p)  # who is over what: into quota_over
+        for reason, n in conn.execute(q.OVER_COUNTS, own):
             (deferred if defer else skipped)[str(reason)] += int(n)
+        moved = [(int(no), int(n)) for no, n in conn.execute(q.OVER_MOVED_OUT, own)]
+        if defer:  # each moved row written once, straight into its final batch
+            conn.execute(q.APPLY_DEFER, {**own, "now": now, "base": base, "size": size})
+        else:
+            conn.execute(q.APPLY_SKIP, {**own, "now": now})
+        conn.execute(q.CLEAR_QUOTA_OVER, own)
+        return moved
 
     # -- account quotas ----------------------------------------------------------------------------
     def _used(
@@ -358,14 +419,31 @@ class QuotaService:
             conn.execute(update(Batch).where(Batch.id == b.id).values(next_attempt_at=when))
 
     # -- re-batching -------------------------------------------------------------------------------
-    def _rebatch(self, conn: Connection, camp: Campaign, acc: Account, now: float) -> str | None:
-        """Renumber the live rows (due now first, then one run of batches per due day) and
-        rebuild the batch rows; a ``to_all``/``tag`` send becomes openid lists (the platform
-        must not pick recipients when someone is held back)."""
+    def _rebatch(
+        self, conn: Connection, camp: Campaign, acc: Account, now: float, full: bool,
+        moved: list[tuple[int, int]], base: int,
+    ) -> str | None:  # fmt: skip
+        """Re-batch after the caps and quotas moved rows out of their batches: the caps step
+        wrote its rows straight to their final place (skipped: batch -1; deferred: batches
+        from ``base``) and reports ``moved`` (per old batch, how many left); an account quota
+        step marks its rows (``_LEAVE`` in ``storage/quota_sql.py``: batch_no b → -2 - b).
+
+        Incremental (the default): rows still due now keep their batch — a batch that lost
+        rows goes a little smaller than the platform maximum, and one that lost all is
+        dropped — skipped rows are parked (-1), and only the deferred rows are numbered, into
+        batches of their own after the last one, one run per China day of ``due_at`` (a batch
+        never mixes days; its ``next_attempt_at`` is its rows' latest ``due_at``). Writes are
+        proportional to the rows moved, not to the campaign.
+
+        ``full`` (a quota counted in calls applies, where a batch saved is a send saved) and a
+        ``to_all``/``tag`` send (it becomes openid lists: the platform must not pick recipients
+        when someone is held back) renumber every live row instead: due now first, then one
+        run of batches per due day."""
         note = None
         mode = camp.mode
         if mode in ("to_all", "tag"):
             mode = "list"
+            full = True
             note = (
                 f"sent as openid lists (mass/send), not {camp.mode}: some recipients are over a "
                 "frequency cap or quota, and a platform-wide send would reach them"
@@ -374,13 +452,36 @@ class QuotaService:
                 update(Campaign).where(Campaign.id == camp.id).values(mode=mode, last_error=note)
             )
             camp.mode = mode
-        rules = self.c.accounts.config(acc, camp.channel).rules
-        size = channel_class(camp.channel).batch_size(rules, mode) or SINGLE_BATCH
-        p = {"campaign_id": camp.id, "now": now, "size": size}
-        conn.execute(q.PARK_SKIPPED, p)
-        conn.execute(q.RENUMBER, p)
-        conn.execute(delete(Batch).where(Batch.campaign_id == camp.id))
-        rows = conn.execute(q.LIVE_BATCHES, p).all()
+        p: dict[str, Any] = {
+            "campaign_id": camp.id,
+            "now": now,
+            "size": self._size(camp, acc, mode),
+        }
+        if full:
+            conn.execute(q.PARK_SKIPPED, p)
+            conn.execute(q.RENUMBER, p)
+            conn.execute(delete(Batch).where(Batch.campaign_id == camp.id))
+            rows = conn.execute(q.LIVE_BATCHES, p).all()
+        else:
+            out: Counter[int] = Counter(dict(moved))
+            for no, n in conn.execute(q.MOVED_OUT, p):  # what an account quota moved
+                out[int(no)] += int(n)
+            conn.execute(q.PARK_MOVED, p)
+            after = 1 + int(conn.execute(q.MAX_BATCH_NO, p).scalar_one())
+            conn.execute(q.MOVE_DEFERRED, {**p, "base": max(base, after)})
+            if out:
+                conn.execute(
+                    update(Batch)
+                    .where(Batch.campaign_id == camp.id, Batch.batch_no == bindparam("no"))
+                    .values(size=Batch.size - bindparam("n")),
+                    [{"no": no, "n": n} for no, n in out.items()],
+                )
+                conn.execute(
+                    delete(Batch).where(
+                        Batch.campaign_id == camp.id, Batch.state == "pending", Batch.size <= 0
+                    )
+                )
+            rows = conn.execute(q.NEW_BATCHES, {**p, "base": base}).all()
         if rows:
             conn.execute(
                 insert(Batch),

@@ -11,7 +11,8 @@ Contracts (``docs/time.md``):
   the sweeper (``DUE_BATCHES``) and the lease (``LEASE_BATCH``) already refuse batches that
   are not due. Everything recipient-scale is one statement of ``storage/timing_sql.py``.
 * :func:`pace_due` moves a personal-WeChat pace day onto the campaign's allowed times.
-* :func:`spawn_due_runs` (the sweeper) creates each recurring series' run at its fire time.
+* :func:`spawn_due_runs` (the sweeper) creates each recurring series' run at its fire time,
+  exactly once however many sweepers run (a unique ``events`` row per series and fire time).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, func, insert, literal_column, select, update
+from sqlalchemy.exc import IntegrityError
 
 from qunfa.channels.registry import channel_class
 from qunfa.domain import cron
@@ -34,7 +36,8 @@ from qunfa.domain.calendar import CalendarError, next_allowed, resolve_local, zo
 from qunfa.domain.keys import batch_key
 from qunfa.services import timing
 from qunfa.storage import timing_sql as tq
-from qunfa.storage.models import Account, Batch, Campaign, Delivery
+from qunfa.storage.db import take_write_lock
+from qunfa.storage.models import Account, Batch, Campaign, Delivery, Event
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -238,6 +241,7 @@ def _load_zones(
     due: Mapping[str, float],
 ) -> dict[str, int]:
     """Fill the plan_zone temp table; returns the zone → index map used by plan_slot."""
+    take_write_lock(conn)  # reads then writes the main database: see storage/db.py
     conn.execute(tq.CREATE_PLAN_ZONE)
     conn.execute(tq.CLEAR_PLAN_ZONE, {"campaign_id": campaign_id})
     index = {z: i for i, z in enumerate(sorted(set(zone_of.values())))}
@@ -297,6 +301,7 @@ def _apply_sto(
     assert ct.optimise_hours is not None
     index = {z: i for i, z in enumerate(sorted(set(zone_of.values())))}
     horizon_end = not_before + timedelta(hours=ct.optimise_hours)
+    take_write_lock(conn)
     conn.execute(tq.CREATE_PLAN_SLOT)
     conn.execute(tq.CLEAR_PLAN_SLOT, {"campaign_id": camp.id})
     slots = []
@@ -419,6 +424,29 @@ def pace_due(camp: Campaign, acc: Account) -> Callable[[datetime], datetime] | N
     return move
 
 
+def pace_days(camp: Campaign, acc: Account, days: int, start_hour: int) -> list[float]:
+    """The start (epoch) of each of a paced campaign's ``days`` pace days (personal WeChat).
+
+    Day 0 starts at the campaign's first allowed moment from now or its schedule, whichever
+    is later. Day k starts on the local date after day k-1's — at the window's start when the
+    campaign has a window, else at ``start_hour`` (the rule ``pace_start_hour``) — moved onto
+    the allowed times (quiet hours, window, workdays / holidays) in the account's zone. Each
+    day is searched from the date after the previous one, so a move (now past the window, a
+    holiday) never puts two pace days — twice the daily pace — on one date.
+    """
+    tz = ZoneInfo(account_zone(acc))
+    move = pace_due(camp, acc)
+    raw = (camp.options or {}).get("timing")
+    window = parse_timing(raw).base.send.window if raw is not None else None
+    first = datetime.fromtimestamp(max(clock(), camp.scheduled_at or 0.0), tz)
+    out = [move(first) if move is not None else first]
+    for _ in range(1, days):
+        after = out[-1].astimezone(tz).date() + timedelta(days=1)
+        start = resolve_local(after, window.start if window is not None else time(start_hour), tz)
+        out.append(move(start) if move is not None else start)
+    return [d.timestamp() for d in out]
+
+
 # -- recurrence -----------------------------------------------------------------------------------
 def _approved(c: Container, camp: Campaign) -> bool:
     return camp.review_state == "approved" and camp.approved_hash == c.review.digest(camp)
@@ -454,6 +482,14 @@ def spawn_due_runs(c: Container, now: float | None = None) -> int:
     return made
 
 
+RUN_EVENT = "recurrence_run"
+
+
+def run_key(series_id: int, fire: float) -> str:
+    """The dedupe key that makes a series' run at ``fire`` exactly once (``events``)."""
+    return f"{RUN_EVENT}:{series_id}:{fire:.0f}"
+
+
 def _last_run_at(c: Container, series_id: int) -> float | None:
     with c.sessions() as s:
         opts = s.scalars(select(Campaign.options).where(Campaign.parent_id == series_id)).all()
@@ -479,6 +515,28 @@ def _spawn(c: Container, camp: Campaign, now: float) -> int:
     options = {k: v for k, v in (camp.options or {}).items() if k != "recurrence"}
     options["run_at"] = fire.timestamp()
     with c.sessions() as s:
+        # Exactly once across sweepers (threads, processes, machines on one database): the
+        # run's claim is a row with a unique dedupe key (series, fire time) in ``events``,
+        # inserted first in the same transaction as the run. A second sweeper that read "no
+        # run yet" before the first committed fails on the key (after waiting for the first's
+        # write lock on SQLite, for its commit on PostgreSQL) and rolls back: no second run.
+        s.add(
+            Event(
+                account_id=camp.account_id,
+                kind=RUN_EVENT,
+                dedupe_key=run_key(camp.id, fire.timestamp()),
+                campaign_id=camp.id,
+                payload={"run_at": fire.timestamp()},
+                received_at=now,
+            )
+        )
+        try:
+            s.flush()
+        except IntegrityError:
+            s.rollback()
+            log.info("recurring series %s: run at %s made by another sweeper", camp.id,
+                     fire.isoformat())  # fmt: skip
+            return 0
         child = Campaign(
             uid=uuid.uuid4().hex,
             name=f"{camp.name} · {fire:%Y-%m-%d %H:%M}",

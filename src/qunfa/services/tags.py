@@ -8,8 +8,9 @@ and hangs on identities (``identity_tags``); one without is qunfa's own and hang
 Two-way sync. A change made in qunfa to an account tag is written locally at once and queued
 in the ``tag_ops`` outbox; :meth:`TagService.push` (from the sweeper, and first thing in every
 sync) sends it: Official Account ``tags/members/batchtagging`` / ``batchuntagging`` with ≤ 50
-openids a call, WeCom ``externalcontact/mark_tag`` per customer with the member who follows
-them. A refused call is retried with backoff; a chunk the platform refuses as a whole (40003,
+openids a call, WeCom ``externalcontact/mark_tag`` per customer as the member who follows them
+(a removal as every member whose own mark carries the tag: see :func:`plan_mark_calls`). A
+refused call is retried with backoff; a chunk the platform refuses as a whole (40003,
 45059) is retried one openid at a time so one bad member does not block 49 good ones. Changes
 made on the platform come back with the next sync (pull).
 
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -87,6 +89,43 @@ class Membership:
     added: int
     removed: int
     skipped: int = 0  # people over the platform's tags-per-user limit
+
+
+@dataclass(frozen=True)
+class MarkCall:
+    """One ``externalcontact/mark_tag`` call: as ``userid``, on one customer."""
+
+    userid: str
+    add: list[str]
+    remove: list[str]
+
+
+def plan_mark_calls(
+    marks: Mapping[str, AbstractSet[str]], add: Sequence[str], remove: Sequence[str]
+) -> list[MarkCall]:
+    """The fewest ``mark_tag`` calls that bring one WeCom customer's tags where qunfa wants
+    them, given ``marks``: every member following the customer → the corp tags that member
+    marked (``externalcontact/get``), in the platform's order.
+
+    The sync reads a customer's tags as the *union* of their members' marks, and the platform
+    keeps marks per member. So an added tag needs one member's mark (none when a member already
+    carries it), but a removed tag must go from every member whose mark carries it: one left
+    brings it back with the next sync. The adding member is one that removes too when there is
+    one, so a customer with one member costs at most one call; nothing to change costs none.
+    """
+    removing = [
+        MarkCall(userid, [], [t for t in remove if t in tags])
+        for userid, tags in marks.items()
+        if any(t in tags for t in remove)
+    ]
+    carried = set().union(*marks.values()) if marks else set()
+    adding = [t for t in dict.fromkeys(add) if t not in carried]
+    if adding and marks:
+        if removing:
+            removing[0].add.extend(adding)
+        else:
+            removing.append(MarkCall(next(iter(marks)), adding, []))
+    return removing
 
 
 class TagService:
@@ -686,33 +725,55 @@ class TagService:
         return done
 
     async def _push_wecom(self, wc: WecomCustomer, ops: list[Any]) -> int:
+        """One customer at a time: read who follows them with what each member marked
+        (``externalcontact/get``), then ``mark_tag`` with all the customer's due ops as the
+        members :func:`plan_mark_calls` picks (a removal as every member carrying the tag).
+        An op is done when every call carrying its tag succeeded; a retry reads the marks
+        again, so only the members still carrying the tag are called then."""
         ring = self.c.keyring
         per_customer: dict[int, list[Any]] = {}
         for r in ops:
             per_customer.setdefault(int(r.identity_id), []).append(r)
         done = 0
         for items in per_customer.values():
+            if unmade := [r.id for r in items if not r.platform_ref]:
+                self._failed(unmade, "the tag has no platform id (not created)")
+                items = [r for r in items if r.platform_ref]
+                if not items:
+                    continue
             ext = ring.decrypt(items[0].value_enc)
-            add = [str(r.platform_ref) for r in items if r.op == "add" and r.platform_ref]
-            rem = [str(r.platform_ref) for r in items if r.op == "remove" and r.platform_ref]
-            users: list[str] = []
-            follow = await self._try(self._follow_users(wc, ext, users))
-            if follow is not None or not users:
+            marks: dict[str, set[str]] = {}
+            follow = await self._try(self._follow_marks(wc, ext, marks))
+            if follow is not None or not marks:
                 why = follow or ("no member follows this customer any more", True)
                 self._failed([r.id for r in items], why[0], final=why[1])
                 continue
-            error = await self._try(wc.mark_tag(users[0], ext, add, rem))
-            if error is None:
-                self._done([r.id for r in items])
-                done += len(items)
-            else:
-                self._failed([r.id for r in items], error[0], final=error[1])
+            add = [str(r.platform_ref) for r in items if r.op == "add"]
+            rem = [str(r.platform_ref) for r in items if r.op == "remove"]
+            # At most one pending op per tag and identity: a tag id names one op here.
+            errors: dict[str, tuple[str, bool]] = {}
+            for call in plan_mark_calls(marks, add, rem):
+                error = await self._try(wc.mark_tag(call.userid, ext, call.add, call.remove))
+                if error is not None:
+                    for t in call.add + call.remove:
+                        errors.setdefault(t, error)
+            ok = [r.id for r in items if str(r.platform_ref) not in errors]
+            if ok:
+                self._done(ok)
+                done += len(ok)
+            failed: dict[tuple[str, bool], list[int]] = {}
+            for r in items:
+                if (error := errors.get(str(r.platform_ref))) is not None:
+                    failed.setdefault(error, []).append(r.id)
+            for (text, final), ids in failed.items():
+                self._failed(ids, text, final=final)
         return done
 
     @staticmethod
-    async def _follow_users(wc: WecomCustomer, ext: str, out: list[str]) -> None:
-        """mark_tag needs the member who follows the customer: ask the platform."""
-        out += await wc.follow_user_of(ext)
+    async def _follow_marks(wc: WecomCustomer, ext: str, out: dict[str, set[str]]) -> None:
+        """mark_tag acts as one member: ask the platform who follows the customer and what
+        each of them marked (qunfa keeps only the union, from the sync)."""
+        out.update(await wc.follow_marks_of(ext))
 
     @staticmethod
     async def _try(call: Any) -> tuple[str, bool] | None:

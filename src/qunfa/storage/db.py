@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +42,19 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def take_write_lock(conn: Connection) -> None:
+    """SQLite: take the database's write lock now, at the start of a transaction that reads the
+    main database before its first write to it (e.g. through a temp table).
+
+    In WAL mode such a transaction reads from a snapshot; if another connection commits before
+    its first write, the upgrade fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT)
+    and busy_timeout cannot help. A write statement that changes nothing takes the lock first
+    (waiting behind other writers as usual). PostgreSQL needs nothing.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.execute(text("UPDATE meta SET key = key WHERE 0"))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

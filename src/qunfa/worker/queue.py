@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from huey import MemoryHuey, RedisHuey, SqliteHuey
-from huey.consumer import Consumer
+# huey.storage imports psycopg whenever it is installed, for a PostgreSQL queue storage qunfa
+# never uses: ~9 MB of every worker's RSS (docs/performance.md). It is hidden for that one
+# import unless already loaded (on PostgreSQL, SQLAlchemy's dialect imports it for itself).
+_HIDE_PSYCOPG = "psycopg" not in sys.modules
+if _HIDE_PSYCOPG:
+    sys.modules["psycopg"] = None  # type: ignore[assignment]  # import psycopg → ImportError
+try:
+    from huey import MemoryHuey, RedisHuey, SqliteHuey
+    from huey.consumer import Consumer
+finally:
+    if _HIDE_PSYCOPG:
+        del sys.modules["psycopg"]
 
 if TYPE_CHECKING:
     from qunfa.bootstrap import Container

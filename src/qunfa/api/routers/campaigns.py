@@ -42,6 +42,9 @@ class CampaignPublic(BaseModel):
     deliveries: dict[str, int]
     platform: dict[str, int | None]
     last_error: str | None
+    links: dict[str, Any] | None = Field(
+        default=None, description="tracked-link clicks per link (null: no tracked links)"
+    )
     created_at: float
     started_at: float | None
     finished_at: float | None

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from qunfa.api.deps import ContainerDep
 from qunfa.services.accounts import AccountError
@@ -70,7 +71,10 @@ async def import_people(
                 fh.write(chunk)
     mapping = dict(m.partition("=")[::2] for m in map_ or [])
     try:
-        r = c.contacts.import_file(source, account=account, mapping=mapping, actor=_actor(request))
+        # Off the event loop: a large import takes a minute, and other requests go on meanwhile.
+        r = await run_in_threadpool(
+            c.contacts.import_file, source, account=account, mapping=mapping, actor=_actor(request)
+        )
     except (ImportError_, AccountError) as exc:
         raise HTTPException(422, str(exc)) from None
     return ImportPublic(

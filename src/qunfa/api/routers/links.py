@@ -1,0 +1,28 @@
+"""``GET /l/{code}``: a campaign's tracked short link (docs/compliance.md, "Tracked links").
+
+The code is verified against the target stored with its campaign before anything else: an
+unknown, malformed or tampered code is a plain 404, never a redirect to anything the request
+chose. A genuine one records the click (per person when the link carries a recipient part) and
+answers 302 to the target with its UTM parameters.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response
+
+from qunfa.api.deps import ContainerDep
+from qunfa.services.links import LinkService, NotFound
+
+router = APIRouter(tags=["links"])
+
+
+@router.get("/l/{token}", include_in_schema=False)
+def tracked_link(token: str, request: Request, c: ContainerDep) -> Response:
+    """A tracked link was opened: record the click, send the reader on (302)."""
+    try:
+        url = LinkService(c).click(token, request.headers.get("user-agent"))
+    except NotFound:
+        return PlainTextResponse("no such link", status_code=404)
+    # Every click must reach qunfa to be counted: no cache may answer for it.
+    return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
