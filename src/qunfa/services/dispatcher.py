@@ -69,16 +69,6 @@ class Dispatcher:
         result: str = local.loop.run_until_complete(self.send(batch_id, local.http))
         return result
 
-    def close_thread(self) -> None:
-        """Release this thread's loop and session (worker shutdown, tests)."""
-        local = self._local
-        if getattr(local, "loop", None) is not None:
-            with self._opened_lock:
-                self._opened.remove((local.loop, local.http))
-            local.loop.run_until_complete(local.http.close())
-            local.loop.close()
-            local.loop = None
-
     def close(self) -> None:
         """Release every thread's loop and session; call once the worker threads have stopped
         (a loop still running in another thread is left alone). The loops are run in a helper
