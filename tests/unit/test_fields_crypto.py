@@ -78,3 +78,24 @@ def test_decrypt_many_equals_decrypt_across_key_ids() -> None:
     bad[-1] ^= 1
     with pytest.raises(KeyError_):
         ring.decrypt_many([bytes(bad)])
+
+
+@given(st.binary(min_size=1, max_size=100), st.text(max_size=60))
+def test_blind_index_is_hmac_sha256_truncated(key: bytes, value: str) -> None:
+    """The precomputed-state path gives exactly HMAC-SHA256(key, value)[:16], for keys shorter
+    and longer than SHA-256's 64-byte block: stored blind indexes stay findable."""
+    import hmac
+
+    ring = Keyring(active="k1", keys=dict(RING.keys), blind_key=key)
+    expected = hmac.digest(key, value.encode(), "sha256")[:16]
+    assert ring.blind(value) == expected
+    assert ring.blind(value) == expected  # the cached states are not consumed by a call
+    assert ring.blind_many([value, None, value]) == [expected, None, expected]
+
+
+@given(st.lists(st.text(max_size=40), max_size=30))
+def test_encrypt_many_round_trips_with_distinct_nonces(values: list[str]) -> None:
+    blobs = RING.encrypt_many(values)
+    assert [RING.decrypt(b) for b in blobs] == values
+    nonces = [b[2 + b[1] : 2 + b[1] + 12] for b in blobs]
+    assert len(set(nonces)) == len(nonces)

@@ -220,6 +220,22 @@ def test_plain_email_fast_path_agrees_with_the_general_rules(
     assert normalise_email(raw) == _email_general(raw)
 
 
+@given(st.text(alphabet="aZ09.-_+@!éＡ ", max_size=30), st.sampled_from(["", "@x.com", "@Ab.CN"]))
+def test_email_fast_path_agrees_with_the_general_rules_on_any_text(raw: str, tail: str) -> None:
+    from qunfa.domain.fields import _email_general
+
+    raw += tail
+    try:
+        expected: str | None = _email_general(raw)
+    except FieldError:
+        expected = None
+    try:
+        got: str | None = normalise_email(raw)
+    except FieldError:
+        got = None
+    assert got == expected
+
+
 @given(st.text(alphabet="0123456789１３８+", min_size=11, max_size=14))
 def test_phone_fast_paths_agree_with_the_general_rules(raw: str) -> None:
     from qunfa.domain.fields import _phone_general
@@ -233,6 +249,52 @@ def test_phone_fast_paths_agree_with_the_general_rules(raw: str) -> None:
     except FieldError:
         got = None
     assert got == expected
+
+
+@given(
+    st.sampled_from(["", "+86", "0086", "86", "+1", "00"]),
+    st.sampled_from(["", " ", "-", "  ", "."]),
+    st.from_regex(r"1[0-9]{2}", fullmatch=True),
+    st.sampled_from(["", " ", "-", "--"]),
+    st.from_regex(r"[0-9]{3,5}", fullmatch=True),
+    st.sampled_from(["", " ", "-"]),
+    st.from_regex(r"[0-9]{3,5}", fullmatch=True),
+)
+def test_spaced_phone_fast_path_agrees_with_the_general_rules(
+    prefix: str, s1: str, head: str, s2: str, mid: str, s3: str, tail: str
+) -> None:
+    from qunfa.domain.fields import _phone_general
+
+    raw = f"{prefix}{s1}{head}{s2}{mid}{s3}{tail}"
+    try:
+        expected: str | None = _phone_general(raw)
+    except FieldError:
+        expected = None
+    try:
+        got: str | None = normalise_phone(raw)
+    except FieldError:
+        got = None
+    assert got == expected
+
+
+def test_memoised_normaliser_remembers_values_and_errors() -> None:
+    from qunfa.domain.fields import memoised
+
+    calls: list[str] = []
+
+    def gender(raw: str) -> str:
+        calls.append(raw)
+        return normalise_gender(raw)
+
+    fn = memoised(gender, limit=2)
+    assert fn("男") == "male" and fn("男") == "male"
+    assert calls == ["男"]
+    for _ in range(2):
+        with pytest.raises(FieldError, match="not one of"):
+            fn("maybe")
+    assert calls == ["男", "maybe"]
+    assert fn("女") == "female"  # the memo was full: it starts over
+    assert fn("男") == "male" and calls == ["男", "maybe", "女", "男"]
 
 
 def test_fast_paths_keep_full_width_digits_and_bad_dates_out() -> None:

