@@ -55,6 +55,10 @@ BULK_MAX_ROWS = 2_000_000
 # beside it. ``contact_tags`` keeps its index too: the load reads it (tags of people of
 # earlier pages).
 TABLES = ("identities",)
+# Rows per page in a bulk load: smaller than the page path's (no per-page commit to spread)
+# so the writer, the slower side, starts sooner and never waits long for the reader (1M rows,
+# 2 runs each: 18.7 s with 10,000 against 19.5-21.3 s with 50,000).
+BULK_PAGE = 10_000
 CONTACT_COLUMNS = ("name_enc", "city", "province", "gender", "birthday", "timezone",
                    "registered_at", "attrs")  # fmt: skip
 
@@ -297,7 +301,7 @@ class Resolver:
         """Each field's normalised values for the page's valid rows (None where empty or
         bad), the rows' custom attributes (only if the file has such columns) and their
         numbers. Problems go to ``pre`` exactly as the page path reports them."""
-        from qunfa.domain.fields import FieldError
+        from qunfa.domain.fields import REPEATING_FIELDS, FieldError
 
         run = self.run
         header = run.plan.header
@@ -310,7 +314,11 @@ class Resolver:
         for i, f, fn in run.fields:
             cells = [r[i] for r in rows]
             try:  # one comprehension per column; the loop below only if a cell is bad
-                raw_cols[f] = [None if not c or c.isspace() else fn(c) for c in cells]
+                if f in REPEATING_FIELDS:  # each distinct cell once, then a lookup per row
+                    seen = {c: None if not c or c.isspace() else fn(c) for c in set(cells)}
+                    raw_cols[f] = [seen[c] for c in cells]
+                else:
+                    raw_cols[f] = [None if not c or c.isspace() else fn(c) for c in cells]
                 continue
             except FieldError:
                 pass

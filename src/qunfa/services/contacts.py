@@ -218,8 +218,15 @@ def _prepared(
 ) -> Iterator[_Prepared]:
     """The file's pages prepared: row by row for the page path, column by column (every id
     and name encrypted ahead) for a bulk load."""
-    for page in _pages(rows, PAGE):
+    size = PAGE if resolver is None else min(PAGE, _bulk_page())
+    for page in _pages(rows, size):
         yield _prepare(run, page, resolver, encrypt)
+
+
+def _bulk_page() -> int:
+    from qunfa.services.contact_bulk import BULK_PAGE
+
+    return BULK_PAGE
 
 
 def _prepare(
@@ -860,15 +867,21 @@ class _ImportRun:
                     continue
                 k = (kind, scope, bis[v])
                 held = holders.get(k)
-                if k in claimed or (held and slot.contact_id in held):
+                claimer = claimed.get(k)
+                if claimer == found or (held and slot.contact_id in held):
                     continue
-                if held and scope is not None:
+                if (held or claimer is not None) and scope is not None:
                     continue  # an account's id is unique: it stays with its person
-                # New, or held by someone else: then it is merge evidence on this person.
+                # New, or held by someone else: then it is merge evidence on this person —
+                # whether that someone came from an earlier page (held) or from an earlier
+                # row of this one (claimed), so page boundaries do not change the outcome.
                 if held:
                     evidence.update(held)
                     evidence_slots.add(found)
-                claimed[k] = found
+                if claimer is not None:
+                    evidence_slots.update((claimer, found))
+                else:
+                    claimed[k] = found
                 new_ids.append((found, kind, scope, v, bis[v]))
             for name in ("name", *ATTR_COLUMNS):
                 if name in vals:
