@@ -171,11 +171,27 @@ def write_account_file(path: Path, n: int) -> None:
             ])  # fmt: skip
 
 
+def to_xlsx(csv_path: Path) -> Path:
+    import xlsxwriter
+
+    out = csv_path.with_suffix(".xlsx")
+    book = xlsxwriter.Workbook(str(out), {"constant_memory": True})
+    sheet = book.add_worksheet()
+    with csv_path.open(newline="", encoding="utf-8") as fh:
+        for r, row in enumerate(csv.reader(fh)):
+            sheet.write_row(r, 0, row)
+    book.close()
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
 def test_bulk_load_of_an_account_file_equals_the_page_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
 ) -> None:
     path = tmp_path / "followers.csv"
     write_account_file(path, 2500)
+    if fmt == "xlsx":
+        path = to_xlsx(path)
     results = []
     real_applies, bulk_loads = bulk_mod.applies, []
 
@@ -298,3 +314,14 @@ def test_page_boundaries_do_not_change_who_is_who(
             c.close()
     assert results[0] == results[1]
     assert results[0][1] > 0  # the file does link people
+
+
+def test_rows_of_csv_and_xlsx_files_are_counted_without_loading_them(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    write_file(path, 1234)
+    assert bulk_mod.count_rows(path) == 1234
+    assert bulk_mod.count_rows(to_xlsx(path)) == 1234  # from the sheet's <dimension>
+    (tmp_path / "b.xlsx").write_bytes(b"not a zip")
+    assert bulk_mod.count_rows(tmp_path / "b.xlsx") is None  # unknown: no bulk load
+    (tmp_path / "c.ods").write_bytes(b"")
+    assert bulk_mod.count_rows(tmp_path / "c.ods") is None

@@ -23,14 +23,15 @@ a first import of phones and e-mails, say), nobody can already hold them, so the
 The result is what the page path stores: the same people with the same ids, identities,
 tags, counters, error report and merge evidence (``tests/integration/
 test_contact_import_pipeline.py`` compares all of them). Where the bulk load does not apply
-(PostgreSQL, XLSX, files under :data:`BULK_BYTES` or over :data:`BULK_MAX_ROWS` rows, ids
-already present) the import runs page by page. Measured in docs/performance.md, "Contact
-import".
+(PostgreSQL; XLS/ODS, or an XLSX without a ``<dimension>``; files under :data:`BULK_BYTES`
+or over :data:`BULK_MAX_ROWS` rows; ids already present) the import runs page by page.
+Measured in docs/performance.md, "Contact import".
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -413,9 +414,15 @@ def _spread(col: list[Any], made: list[bytes]) -> list[bytes | None]:
     return [None if v is None else next(it) for v in col]
 
 
-def count_rows(path: Path) -> int:
-    """Data rows of a CSV file, by its line ends (a quoted cell with a line break counts one
-    more: only an estimate, used to decide whether to bulk-load)."""
+def count_rows(path: Path) -> int | None:
+    """Data rows of a CSV file (by its line ends: a quoted cell with a line break counts one
+    more) or of an XLSX file's first sheet (:func:`xlsx_rows`); None if unknown. Only an
+    estimate, used to decide whether to bulk-load and to size the progress bar."""
+    suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xlsm"):
+        return xlsx_rows(path)
+    if suffix != ".csv":
+        return None
     lines, last = 0, b"\n"
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -424,12 +431,56 @@ def count_rows(path: Path) -> int:
     return max(0, lines + (last != b"\n") - 1)
 
 
+_DIMENSION = re.compile(rb"<(?:\w+:)?dimension\s+ref=\"[A-Z]+[0-9]+(?::[A-Z]+([0-9]+))?\"")
+_NS_MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_NS_REL = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
+_NS_PKG = "{http://schemas.openxmlformats.org/package/2006/relationships}"
+
+
+def xlsx_rows(path: Path) -> int | None:
+    """Data rows of the first sheet of an XLSX file from the ``<dimension ref="A1:G1000001">``
+    at the head of its XML (Excel and the usual libraries write it), without loading the
+    sheet; None if the file has none or is not a readable workbook."""
+    import xml.etree.ElementTree as ET
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            first = ET.fromstring(z.read("xl/workbook.xml")).find(
+                f"{_NS_MAIN}sheets/{_NS_MAIN}sheet"
+            )
+            if first is None:
+                return None
+            rid = first.get(f"{_NS_REL}id")
+            rels = ET.fromstring(z.read("xl/_rels/workbook.xml.rels"))
+            target = next(
+                (
+                    r.get("Target")
+                    for r in rels.iter(f"{_NS_PKG}Relationship")
+                    if r.get("Id") == rid
+                ),
+                None,
+            )
+            if not target:
+                return None
+            name = target.lstrip("/") if target.startswith("/") else "xl/" + target
+            with z.open(name) as fh:
+                head = fh.read(4096)
+    except (OSError, KeyError, ET.ParseError, zipfile.BadZipFile):
+        return None
+    m = _DIMENSION.search(head)
+    if m is None:
+        return None
+    return max(0, int(m[1] or 1) - 1)  # "A1" alone: a sheet of one row (the header)
+
+
 def applies(conn: Connection, run: _ImportRun, path: Path) -> int | None:
     """The next contact id if this import may bulk-load (see the module docstring), else
     None. Call it holding the write lock: nobody may add ids between this check and the load."""
-    if conn.dialect.name != "sqlite" or path.suffix.lower() != ".csv":
+    if conn.dialect.name != "sqlite" or path.stat().st_size < BULK_BYTES:
         return None
-    if path.stat().st_size < BULK_BYTES or count_rows(path) > BULK_MAX_ROWS:
+    rows = count_rows(path)
+    if rows is None or rows > BULK_MAX_ROWS:
         return None
     for kind, scope in run.keys:
         present = conn.execute(

@@ -460,7 +460,7 @@ class ContactService:
         first_id = bulk.applies(conn, run, path)
         if first_id is None:
             return False
-        total = bulk.count_rows(path)
+        total = bulk.count_rows(path)  # known: applies() counted them
         dropped = bulk.drop_indexes(conn)
         resolver = bulk.Resolver(run, first_id)
         if _may_fork() and PIPELINE_BYTES is not None:
