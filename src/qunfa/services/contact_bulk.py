@@ -112,10 +112,6 @@ class Resolver:
     # account-less id given to a second person is merge evidence, as on the page path).
     held: dict[tuple[str, int | None], dict[bytes, int]] = field(default_factory=dict)
     more: dict[tuple[str, int | None, bytes], set[int]] = field(default_factory=dict)
-    # Between _resolve_complex and the end of prepare: ids the shared rows add, and the rows
-    # that created a person who got someone else's id (merge evidence, numbered later).
-    _pending: list[tuple[_Slot, str, int | None, bytes, bytes]] = field(default_factory=list)
-    _evidence_rows: list[int] = field(default_factory=list)
 
     def prepare(self, page: list[tuple[int, list[str]]]) -> _Prepared:
         """The CPU half of a page, column by column: validate, blind-index and encrypt
@@ -174,7 +170,7 @@ class Resolver:
         if not complex_rows:
             self.next_id = first + n
             return self._all_new(first, n, cols, keep, key_bis, key_encs, name_encs)
-        people, matched, evidence, slot_of = self._resolve_complex(
+        people, matched, evidence, slot_of, pending, evidence_rows = self._resolve_complex(
             sorted(complex_rows), cols, key_bis, key_encs, name_encs, extras=keep
         )
         # New people in the order of the rows that created them; ids from ``first`` on.
@@ -215,11 +211,10 @@ class Resolver:
                 for name in slot.tags:
                     tags[name].append(cid)
         # Ids the shared rows add (to new people, numbered above, or to earlier pages' people).
-        for slot, kind, scope, enc, bi in self._pending:
+        for slot, kind, scope, enc, bi in pending:
             self._add_id(ids, kind, scope, cast(int, slot.contact_id), enc, bi)
             identities_new += 1
-        evidence.update(cast(int, slot_of[r].contact_id) for r in self._evidence_rows)
-        self._pending, self._evidence_rows = [], []
+        evidence.update(cast(int, slot_of[r].contact_id) for r in evidence_rows)
         return Resolved(
             first_id=first,
             contacts=contacts if new_count else [],
@@ -360,13 +355,21 @@ class Resolver:
         key_encs: list[list[bytes | None]],
         name_encs: list[bytes | None],
         extras: list[dict[str, Any]],
-    ) -> tuple[list[int], list[_Slot], set[int], dict[int, _Slot]]:
+    ) -> tuple[
+        list[int],
+        list[_Slot],
+        set[int],
+        dict[int, _Slot],
+        list[tuple[_Slot, str, int | None, bytes, bytes]],
+        list[int],
+    ]:
         """The rows that share an id with another row, through the page path's resolution.
 
         Returns the page's new people in creation order (a row index each: the row that
         created them), the earlier pages' people these rows update, the merge evidence on
-        earlier people, and the slot of each row that created a person. The ids the rows
-        add are left in ``_pending`` (their new owners get numbered by the caller)."""
+        earlier people, the slot of each row that created a person, the ids the rows add
+        ``(slot, kind, scope, ciphertext, blind index)`` and the rows whose new person is
+        merge evidence — those two wait for the caller to number the new people."""
         from qunfa.services.contacts import _Prepared
 
         run = self.run
@@ -395,13 +398,14 @@ class Resolver:
         slot_of = {rows[s.row]: s for s in slots if s.contact_id is None}
         shared = set(rows)
         people = sorted([j for j in range(len(name_encs)) if j not in shared] + list(slot_of))
-        self._pending = [
+        pending = [
             (slots[slot_no], kind, scope, encs[(kind, value)], bi)
             for slot_no, kind, scope, value, bi in new_ids
         ]
-        self._evidence_rows = [rows[slots[i].row] for i in evidence_slots if slots[i].row >= 0]
+        evidence_rows = [rows[slots[i].row] for i in evidence_slots if slots[i].row >= 0]
         evidence.update(cast(int, slots[i].contact_id) for i in evidence_slots if slots[i].row < 0)
-        return people, [s for s in slots if s.contact_id is not None], evidence, slot_of
+        matched = [s for s in slots if s.contact_id is not None]
+        return people, matched, evidence, slot_of, pending, evidence_rows
 
 
 def _any_set(*values: Any) -> bool:
