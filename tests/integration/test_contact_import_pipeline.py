@@ -95,9 +95,9 @@ def test_pipelined_and_bulk_imports_equal_the_one_process_import(
     real_applies = bulk_mod.applies
 
     def spy(*args: Any) -> Any:
-        first_id = real_applies(*args)
-        bulk_loads.append(first_id is not None)
-        return first_id
+        found = real_applies(*args)
+        bulk_loads.append(found is not None)
+        return found
 
     monkeypatch.setattr(bulk_mod, "applies", spy)
     modes = [(False, False), (True, False), (False, True), (True, True)]  # (pipeline, bulk)
@@ -196,9 +196,9 @@ def test_bulk_load_of_an_account_file_equals_the_page_path(
     real_applies, bulk_loads = bulk_mod.applies, []
 
     def spy(*args: Any) -> Any:
-        first_id = real_applies(*args)
-        bulk_loads.append(first_id is not None)
-        return first_id
+        found = real_applies(*args)
+        bulk_loads.append(found is not None)
+        return found
 
     monkeypatch.setattr(bulk_mod, "applies", spy)
     for pipeline, bulk in [(False, False), (False, True), (True, True)]:

@@ -478,9 +478,10 @@ def xlsx_rows(path: Path) -> int | None:
     return max(0, int(m[1] or 1) - 1)  # "A1" alone: a sheet of one row (the header)
 
 
-def applies(conn: Connection, run: _ImportRun, path: Path) -> int | None:
-    """The next contact id if this import may bulk-load (see the module docstring), else
-    None. Call it holding the write lock: nobody may add ids between this check and the load."""
+def applies(conn: Connection, run: _ImportRun, path: Path) -> tuple[int, int] | None:
+    """``(next contact id, data rows of the file)`` if this import may bulk-load (see the
+    module docstring), else None. Call it holding the write lock: nobody may add ids between
+    this check and the load."""
     if conn.dialect.name != "sqlite" or path.stat().st_size < BULK_BYTES:
         return None
     rows = count_rows(path)
@@ -498,7 +499,7 @@ def applies(conn: Connection, run: _ImportRun, path: Path) -> int | None:
         if present is not None:
             return None
     top = conn.execute(text("SELECT max(id) FROM contacts")).scalar()
-    return int(top or 0) + 1
+    return int(top or 0) + 1, rows
 
 
 def drop_indexes(conn: Connection) -> list[tuple[str, str]]:

@@ -457,10 +457,10 @@ class ContactService:
         from qunfa.services import contact_bulk as bulk
 
         take_write_lock(conn)
-        first_id = bulk.applies(conn, run, path)
-        if first_id is None:
+        found = bulk.applies(conn, run, path)
+        if found is None:
             return False
-        total = bulk.count_rows(path)  # known: applies() counted them
+        first_id, total = found
         dropped = bulk.drop_indexes(conn)
         resolver = bulk.Resolver(run, first_id)
         if _may_fork() and PIPELINE_BYTES is not None:
