@@ -1,6 +1,6 @@
-"""Benchmark: import N people from a CSV file (SQLite) against a raw floor.
+"""Benchmark: import N people from a CSV or XLSX file (SQLite) against a raw floor.
 
-    python bench/import_contacts.py --rows 1000000 [--repeat 3] [--json]
+    python bench/import_contacts.py --rows 1000000 [--format xlsx] [--repeat 3] [--json]
 
 The file has the columns phone, email, name, city, gender, birthday, tags (a few spellings
 per field: ``138 0013 8000``, ``+86…``, ``1990/1/2``, ``男``/``female`` …). Each side runs in
@@ -14,7 +14,13 @@ its own child process on a fresh database:
   up, 0 new, 0 updated).
 * **floor** — plain ``csv`` + ``sqlite3``: read the same rows, compute the same two blind
   indexes and three encryptions, ``executemany`` one row per person and two per identity into
-  tables with the same unique index. No validation, no lookups, no tags, no merge pass.
+  tables with the same unique index. No validation, no lookups, no tags, no merge pass. For
+  ``--format xlsx`` the floor reads the workbook with ``python-calamine`` (Rust; it loads the
+  whole sheet, then hands out rows).
+
+With ``--format xlsx`` the same rows are written as an XLSX file the way Excel saves one
+(every text in the shared-string table, xlsxwriter), which qunfa reads with its streaming
+reader (``services/xlsx_reader.py``).
 
 Both sides run SQLite with the same settings: WAL, ``synchronous=NORMAL``, a 128 MiB page
 cache for the writes (qunfa sets it with ``bulk_cache``), ``temp_store=MEMORY``. qunfa
@@ -69,7 +75,33 @@ def make_file(path: Path, n: int) -> None:
             ])  # fmt: skip
 
 
-def run_qunfa(work: Path, reimport: bool = True) -> dict[str, Any]:
+def make_xlsx(csv_path: Path, path: Path) -> None:
+    """The CSV's rows as an XLSX file with shared strings, as Excel and WPS save text."""
+    import xlsxwriter
+
+    wb = xlsxwriter.Workbook(str(path))
+    ws = wb.add_worksheet()
+    with csv_path.open(newline="", encoding="utf-8") as fh:
+        for i, row in enumerate(csv.reader(fh)):
+            for j, value in enumerate(row):
+                if value:
+                    ws.write_string(i, j, value)
+    wb.close()
+
+
+def _rows(path: Path) -> Any:
+    """The floor's reader: the data rows of a CSV (csv) or XLSX (python-calamine) file."""
+    if path.suffix == ".xlsx":
+        from python_calamine import CalamineWorkbook
+
+        rows = iter(CalamineWorkbook.from_path(str(path)).get_sheet_by_index(0).iter_rows())
+    else:
+        rows = csv.reader(path.open(newline="", encoding="utf-8"))
+    next(rows)
+    return rows
+
+
+def run_qunfa(work: Path, name: str, reimport: bool = True) -> dict[str, Any]:
     from qunfa.bootstrap import Container
     from qunfa.settings import Settings
 
@@ -77,13 +109,13 @@ def run_qunfa(work: Path, reimport: bool = True) -> dict[str, Any]:
     c.migrate()
     c.keyring  # noqa: B018 — key file created before timing
     t0 = time.perf_counter()
-    r = c.contacts.import_file(work / "people.csv")
+    r = c.contacts.import_file(work / name)
     seconds = time.perf_counter() - t0
     reader_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     again, again_s = None, 0.0
     if reimport:
         t1 = time.perf_counter()
-        again = c.contacts.import_file(work / "people.csv")
+        again = c.contacts.import_file(work / name)
         again_s = time.perf_counter() - t1
     c.close()
     return {
@@ -96,7 +128,7 @@ def run_qunfa(work: Path, reimport: bool = True) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_floor(work: Path) -> dict[str, Any]:
+def run_floor(work: Path, name: str) -> dict[str, Any]:
     from qunfa.crypto.fields import Keyring
 
     ring = Keyring.generate()
@@ -111,27 +143,26 @@ def run_floor(work: Path) -> dict[str, Any]:
                " value_enc BLOB, value_bi BLOB)")  # fmt: skip
     db.execute("CREATE UNIQUE INDEX ids_bi ON ids (kind, value_bi)")
     t0 = time.perf_counter()
-    with (work / "people.csv").open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        person = 0
-        while True:
-            page = [r for _, r in zip(range(50_000), reader, strict=False)]
-            if not page:
-                break
-            phones, emails, names = (ring.encrypt_many([r[k] for r in page]) for k in (0, 1, 2))
-            db.executemany(
-                "INSERT INTO people (id, name_enc, city, gender, birthday, tags)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(person + j, names[j], r[3], r[4], r[5], r[6]) for j, r in enumerate(page)],
-            )
-            db.executemany(
-                "INSERT INTO ids (person, kind, value_enc, value_bi) VALUES (?, ?, ?, ?)",
-                [(person + j, "phone", phones[j], ring.blind(r[0])) for j, r in enumerate(page)]
-                + [(person + j, "email", emails[j], ring.blind(r[1]))
-                   for j, r in enumerate(page)],
-            )  # fmt: skip
-            person += len(page)
+    # The reader's setup is timed too (python-calamine loads the whole sheet there).
+    reader = _rows(work / name)
+    person = 0
+    while True:
+        page = [r for _, r in zip(range(50_000), reader, strict=False)]
+        if not page:
+            break
+        phones, emails, names = (ring.encrypt_many([r[k] for r in page]) for k in (0, 1, 2))
+        db.executemany(
+            "INSERT INTO people (id, name_enc, city, gender, birthday, tags)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(person + j, names[j], r[3], r[4], r[5], r[6]) for j, r in enumerate(page)],
+        )
+        db.executemany(
+            "INSERT INTO ids (person, kind, value_enc, value_bi) VALUES (?, ?, ?, ?)",
+            [(person + j, "phone", phones[j], ring.blind(r[0])) for j, r in enumerate(page)]
+            + [(person + j, "email", emails[j], ring.blind(r[1]))
+               for j, r in enumerate(page)],
+        )  # fmt: skip
+        person += len(page)
     db.commit()
     seconds = time.perf_counter() - t0
     db.close()
@@ -146,6 +177,7 @@ def _load() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--format", choices=["csv", "xlsx"], default="csv")
     ap.add_argument("--repeat", type=int, default=1,
                     help="floor/qunfa pairs on the same file (the medians decide; the machine "
                          "is shared and its speed drifts)")  # fmt: skip
@@ -154,11 +186,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--no-reimport", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    name = f"people.{args.format}"
     if args.child == "qunfa":
-        print(json.dumps(run_qunfa(args.work, reimport=not args.no_reimport)))
+        print(json.dumps(run_qunfa(args.work, name, reimport=not args.no_reimport)))
         return
     if args.child == "floor":
-        print(json.dumps(run_floor(args.work)))
+        print(json.dumps(run_floor(args.work, name)))
         return
     n = args.rows
 
@@ -171,22 +204,25 @@ def main() -> None:
         work = Path(tmp)
         log(f"setup: writing {n:,} rows …")
         make_file(work / "people.csv", n)
-        size = (work / "people.csv").stat().st_size
+        if args.format == "xlsx":
+            log("setup: saving them as XLSX (shared strings) …")
+            make_xlsx(work / "people.csv", work / name)
+        size = (work / name).stat().st_size
         for k in range(args.repeat):
             rep = work / f"run{k}"
             rep.mkdir()
-            os.link(work / "people.csv", rep / "people.csv")
+            os.link(work / name, rep / name)
             log(f"pair {k + 1}/{args.repeat}: floor run …")
             # Each side starts with nothing of the other's left to write back to disk: the
             # floor's database (~0.4 GB) is otherwise flushed by the kernel during qunfa's run.
             os.sync()
             load = [_load()]
-            floor = child(__file__, "floor", "--work", str(rep))
+            floor = child(__file__, "floor", "--work", str(rep), "--format", args.format)
             load.append(_load())
             log(f"floor: {floor}; qunfa run …")
             os.sync()
             extra = [] if k == 0 else ["--no-reimport"]
-            qunfa = child(__file__, "qunfa", "--work", str(rep), *extra)
+            qunfa = child(__file__, "qunfa", "--work", str(rep), "--format", args.format, *extra)
             load.append(_load())
             pairs.append({"qunfa": qunfa, "floor": floor, "load": load,
                           "ratio": round(qunfa["seconds"] / floor["seconds"], 2)})  # fmt: skip
@@ -200,6 +236,8 @@ def main() -> None:
     first = pairs[0]["qunfa"]
     result = {
         "rows": n,
+        "format": args.format,
+        "bytes": size,
         "pairs": pairs,
         "qunfa_median_s": q_med,
         "floor_median_s": f_med,
@@ -210,7 +248,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"rows              {n:,} (phone, email, name, city, gender, birthday, tags)")
+    print(f"rows              {n:,} (phone, email, name, city, gender, birthday, tags) "
+          f"in {args.format.upper()}, {size / 2**20:.1f} MiB")  # fmt: skip
     for k, p in enumerate(pairs, start=1):
         q, f = p["qunfa"], p["floor"]
         print(f"pair {k}            qunfa {q['seconds']:.2f} s ({n / q['seconds']:,.0f} rows/s, "

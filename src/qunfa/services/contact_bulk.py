@@ -436,41 +436,20 @@ def count_rows(path: Path) -> int | None:
 
 
 _DIMENSION = re.compile(rb"<(?:\w+:)?dimension\s+ref=\"[A-Z]+[0-9]+(?::[A-Z]+([0-9]+))?\"")
-_NS_MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
-_NS_REL = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
-_NS_PKG = "{http://schemas.openxmlformats.org/package/2006/relationships}"
 
 
 def xlsx_rows(path: Path) -> int | None:
     """Data rows of the first sheet of an XLSX file from the ``<dimension ref="A1:G1000001">``
     at the head of its XML (Excel and the usual libraries write it), without loading the
     sheet; None if the file has none or is not a readable workbook."""
-    import xml.etree.ElementTree as ET
     import zipfile
 
+    from qunfa.services.xlsx_reader import Unsupported, open_book
+
     try:
-        with zipfile.ZipFile(path) as z:
-            first = ET.fromstring(z.read("xl/workbook.xml")).find(
-                f"{_NS_MAIN}sheets/{_NS_MAIN}sheet"
-            )
-            if first is None:
-                return None
-            rid = first.get(f"{_NS_REL}id")
-            rels = ET.fromstring(z.read("xl/_rels/workbook.xml.rels"))
-            target = next(
-                (
-                    r.get("Target")
-                    for r in rels.iter(f"{_NS_PKG}Relationship")
-                    if r.get("Id") == rid
-                ),
-                None,
-            )
-            if not target:
-                return None
-            name = target.lstrip("/") if target.startswith("/") else "xl/" + target
-            with z.open(name) as fh:
-                head = fh.read(4096)
-    except (OSError, KeyError, ET.ParseError, zipfile.BadZipFile):
+        with zipfile.ZipFile(path) as z, z.open(open_book(z).sheet) as fh:
+            head = fh.read(4096)
+    except (OSError, KeyError, Unsupported, zipfile.BadZipFile):
         return None
     m = _DIMENSION.search(head)
     if m is None:

@@ -25,6 +25,8 @@ import csv
 import gc
 import json
 import time
+import zipfile
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -143,6 +145,20 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _checked(path: Path, rows: Iterator[list[str]]) -> Iterator[list[str]]:
+    """A streamed workbook's rows; damage found part-way (a truncated or corrupt part) as an
+    :class:`ImportError_` naming the file. Rows before it were imported (or, in a bulk load,
+    roll back with the rest); a re-import after repairing the file skips what is there."""
+    try:
+        yield from rows
+    except (ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        raise _damaged(path, exc) from None
+
+
+def _damaged(path: Path, exc: Exception) -> ImportError_:
+    return ImportError_(f"{path} is damaged ({exc}); save it again from the spreadsheet program")
+
+
 def _encoding(path: Path) -> str:
     """UTF-8 (with or without BOM), else GB18030 — what Excel in China saves CSV as."""
     with path.open("rb") as fh:
@@ -158,7 +174,21 @@ def read_table(path: Path) -> tuple[list[str], Iterator[list[str]]]:
     """The header and the data rows of a CSV or XLSX file (first sheet), streamed as text."""
     if not path.exists():
         raise ImportError_(f"{path} does not exist")
-    if path.suffix.lower() in (".xlsx", ".xlsm", ".xls", ".ods"):
+    suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xlsm"):
+        from qunfa.services import xlsx_reader
+
+        try:
+            names, data = xlsx_reader.read_rows(path)
+        except xlsx_reader.Unsupported:
+            pass  # an unusual workbook: the general reader below
+        except (ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+            raise _damaged(path, exc) from None
+        else:
+            if not any(names):
+                raise ImportError_(f"{path} is empty: the first row must name the columns")
+            return names, _checked(path, data)
+    if suffix in (".xlsx", ".xlsm", ".xls", ".ods"):
         from python_calamine import CalamineWorkbook
 
         sheet = CalamineWorkbook.from_path(str(path)).get_sheet_by_index(0)
@@ -166,7 +196,9 @@ def read_table(path: Path) -> tuple[list[str], Iterator[list[str]]]:
         first = next(rows, None)
         if not first or not any(_cell(v) for v in first):
             raise ImportError_(f"{path} is empty: the first row must name the columns")
-        return [_cell(v).strip() for v in first], ([_cell(v) for v in r] for r in rows)
+        return [_cell(v).strip() for v in first], (
+            [v if type(v) is str else _cell(v) for v in r] for r in rows
+        )
 
     def lines() -> Iterator[list[str]]:
         with path.open(newline="", encoding=_encoding(path)) as fh:
