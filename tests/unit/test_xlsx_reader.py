@@ -421,3 +421,20 @@ def test_header_and_empty_sheets(tmp_path: Path) -> None:
     path = workbook(tmp_path / "offset.xlsx", data, [" phone ", "name", "13800138000"])
     header, rows = read_table(path)
     assert header == ["phone", "name"] and list(rows) == [["13800138000"]]
+
+
+@pytest.mark.parametrize("chunk", [48, 1 << 20])
+def test_a_sheet_of_text_with_cells_lacking_a_value_or_a_ref(tmp_path: Path, chunk: int) -> None:
+    """The all-shared-strings path places cells by their refs; an empty cell without one
+    (<c/>) is skipped, and a row without attributes sends the chunk to the general path."""
+    data = (
+        '<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c></row>'
+        '<row r="2"><c s="0"/><c r="B2" t="s"><v>2</v></c></row>'
+        '<row r="3"><c r="A3" t="s"><v>2</v></c><c/><c r="C3" t="s"><v>3</v></c></row>'
+        '<row><c r="A4" t="s"><v>3</v></c></row>'
+    )
+    path = workbook(tmp_path / "text.xlsx", data, ["phone", "name", "13800138000", "x"])
+    with chunk_size(chunk):
+        header, rows = xr.read_rows(path)
+        assert header == ["phone", "name"]
+        assert list(rows) == [["", "13800138000"], ["13800138000", "", "x"], ["x"]]

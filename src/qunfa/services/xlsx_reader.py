@@ -39,8 +39,8 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from itertools import accumulate, chain, islice, repeat
-from operator import itemgetter
+from itertools import accumulate, chain, compress, count, islice, repeat
+from operator import itemgetter, not_
 from pathlib import Path
 from typing import IO
 
@@ -398,6 +398,8 @@ class _Cells:
         Rows with gaps repeat a few shapes (the same optional column left empty): each shape
         becomes an ``itemgetter`` once, which builds the row in one call."""
         letters = tuple(_REF.findall(part))
+        if len(letters) != len(texts):
+            raise ValueError(f"a cell reference is not a column and row: {part[:200]!r}")
         place = self.shapes.get(letters)
         if place is None:
             place = self.shapes[letters] = self._shape(letters)
@@ -522,20 +524,23 @@ def _rows_shared(chunk: bytes, cells: _Cells) -> Block | None:
         return None
     items = cells.strings.items
     try:
-        texts = [items[int(v)] for v in values]
+        texts = list(map(items.__getitem__, map(int, values)))
     except IndexError:
         cells.strings.ensure(1 << 62)
         texts = [cells.strings[int(v)] for v in values]
     except ValueError:
         return None
     del parts[0]  # what precedes the first row
-    counts = list(map(bytes.count, parts, repeat(b"<c")))
+    # Cells with an r, per row: every one holds a value (the counts above). A cell without
+    # r and without a value (<c s="1"/>) is nothing to place.
+    counts = list(map(bytes.count, parts, repeat(b'<c r="')))
     ends = list(accumulate(counts))
     rows = list(map(texts.__getitem__, map(slice, chain((0,), ends), ends)))
     lasts = map(bytes.rfind, parts, repeat(b'<c r="'))
     wanted = map(bytes.__add__, map(cells.last_refs.__getitem__, counts), numbers)
-    for i, dense in enumerate(map(bytes.startswith, parts, wanted, lasts)):
-        if not dense and counts[i]:
+    dense = map(bytes.startswith, parts, wanted, lasts)
+    for i in compress(count(), map(not_, dense)):
+        if counts[i]:
             rows[i] = cells.place_refs(parts[i], rows[i])
     return first, rows
 
@@ -633,8 +638,8 @@ _CONTROL = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f]")
 _UNCONTROL = {0xE000 + c: c for c in (*range(1, 9), 11, 12, *range(14, 32))}
 
 
-def _sheet_rows(fh: IO[bytes], cells: _Cells) -> Iterator[list[str]]:
-    """The sheet's rows from row 1 on, chunk by chunk, a row missing from the XML empty."""
+def _sheet_rows(fh: IO[bytes], cells: _Cells) -> Iterator[list[list[str]]]:
+    """The sheet's rows from row 1 on, a chunk's at a time, a row missing from the XML empty."""
     head = fh.read(CHUNK)
     while b"<sheetData" not in head and len(head) < (16 << 20):
         more = fh.read(CHUNK)
@@ -669,9 +674,9 @@ def _sheet_rows(fh: IO[bytes], cells: _Cells) -> Iterator[list[str]]:
             )
             if block:
                 first, rows = block
-                for _ in range(first - last - 1):
-                    yield []
-                yield from rows
+                if first > last + 1:
+                    yield [[] for _ in range(first - last - 1)]
+                yield rows
                 last = first + len(rows) - 1
         if done:
             return
@@ -702,31 +707,42 @@ def read_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
     except Unsupported:
         z.close()
         raise
-    rows = _sheet_rows(sheet, _Cells(book, strings))
+    blocks = _sheet_rows(sheet, _Cells(book, strings))
     try:
-        header = next((r for r in rows if any(r)), [])
+        for block in blocks:
+            at = next((i for i, r in enumerate(block) if any(r)), None)
+            if at is not None:
+                break
+        else:
+            z.close()
+            return [], iter(())
     except BaseException:
         z.close()
         raise
-    if not header:
-        z.close()
-        return [], iter(())
+    header = block[at]
     origin = next(i for i, v in enumerate(header) if v)
-    return [h.strip() for h in header[origin:]], _data(z, rows, origin)
+    rest = chain([block[at + 1 :]], blocks)
+    return [h.strip() for h in header[origin:]], _data(z, rest, origin)
 
 
-def _data(z: zipfile.ZipFile, rows: Iterator[list[str]], origin: int) -> Iterator[list[str]]:
+def _data(
+    z: zipfile.ZipFile, blocks: Iterator[list[list[str]]], origin: int
+) -> Iterator[list[str]]:
     """The rows after the header; trailing empty rows dropped (calamine's sheet ends at the
     last value). The workbook is closed when the rows run out or the caller drops them."""
     try:
         pending = 0  # empty rows seen, yielded only if a row with a value follows
-        for row in rows:
-            if not any(row):
-                pending += 1
+        for rows in blocks:
+            if not pending and not origin and all(map(any, rows)):
+                yield from rows  # the usual block: every row holds a value
                 continue
-            while pending:
-                yield []
-                pending -= 1
-            yield row[origin:] if origin else row
+            for row in rows:
+                if not any(row):
+                    pending += 1
+                    continue
+                while pending:
+                    yield []
+                    pending -= 1
+                yield row[origin:] if origin else row
     finally:
         z.close()
