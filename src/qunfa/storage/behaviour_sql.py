@@ -315,8 +315,9 @@ RFM_INDEXES: tuple[str, ...] = tuple(
 LAYER_CONDITIONS: dict[str, str] = {
     "new": "coalesce(c.registered_at, c.created_at) >= :now - :new_for"
     " AND coalesce(f.converted, :no) = :no",
-    "silent": "coalesce(f.last_interaction_at, 0) < :now - :silent_after"
-    " AND coalesce(c.registered_at, c.created_at) < :now - :silent_after",
+    # contacts.active_at (migration 0006) is max(last interaction, registered else created):
+    # the same column and index the segment language's last_active_within() reads.
+    "silent": "c.active_at < :now - :silent_after",
     "high_value": "f.rfm_m = 5",
     "ios": "f.device = 'ios'",
     "android": "f.device = 'android'",
