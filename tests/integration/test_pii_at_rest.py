@@ -2,7 +2,8 @@
 
 Seeded phone numbers go through the whole path an operator takes: import (with some bad rows,
 which the errors file may name — it is the operator's own file), an SMS campaign with some
-numbers refused by the platform, delivery receipts, and key rotation. Then the SQLite database
+numbers refused by the platform, delivery receipts, messages in which people wrote their own
+numbers (in four spellings), and key rotation. Then the SQLite database
 file (with its WAL) and everything qunfa logged at DEBUG are searched for every number in the
 forms a leak would take: E.164, national, and the number's UTF-16 bytes.
 """
@@ -85,6 +86,27 @@ def test_seeded_phones_never_appear_in_the_database_file_or_the_logs(
         drain(container)
     statuses = container.campaigns.status(camp.id)
     assert statuses["deliveries"].get("failed", 0) == 300, statuses  # cap hit: per-number errors
+    # People write their numbers into chats: message events keep the text (said() searches
+    # it) with the numbers masked, in every spelling.
+    spellings = [
+        lambda n: f"我的手机是{n}，请回电",
+        lambda n: f"退款进度？+86 {n[:3]} {n[3:7]} {n[7:]}",
+        lambda n: f"call {n[:3]}-{n[3:7]}-{n[7:]} or mail me",
+        lambda n: "号码 " + n.translate(str.maketrans("0123456789", "０１２３４５６７８９")),
+    ]
+    messages = [
+        {
+            "kind": "message",
+            "phone": phone,
+            "text": spellings[i % len(spellings)](phone.removeprefix("+86")),
+            "at": time.time() - 60,
+        }
+        for i, phone in enumerate(seeded[:40])
+    ]
+    ingested = container.behaviour.ingest(messages)
+    assert ingested.inserted == 40, ingested
+    # The text is still searchable: the ten messages asking for 退款进度.
+    assert container.segments.preview('said("退款", 1d)').count == 10
     container.keys.rotate()
     logging.getLogger("qunfa.test").debug("end of the seeded session at %s", time.time())
 

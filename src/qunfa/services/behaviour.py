@@ -34,6 +34,7 @@ from sqlalchemy import Connection, Table, select, text
 
 from qunfa.domain import behaviour as d
 from qunfa.domain.fields import normalise_registered_at, normaliser
+from qunfa.domain.redact import redact
 from qunfa.services.accounts import AccountError
 from qunfa.storage import behaviour_sql as bq
 from qunfa.storage.db import take_write_lock
@@ -253,9 +254,11 @@ class BehaviourService:
         """Resolve one page's people (one IN query per identity kind) and insert it."""
         people = self._resolve(page, report)
         now = self.clock() if received_at is None else received_at
+        # Message text is stored with e-mails and phone/ID/card numbers masked
+        # (domain/redact.py): it is searched by SQL (said()), so it cannot be encrypted.
         rows = [
-            (people[i], ev.kind, ev.channel, ev.at, ev.amount, ev.device, ev.text,
-             ev.dedupe_key, now)
+            (people[i], ev.kind, ev.channel, ev.at, ev.amount, ev.device,
+             redact(ev.text) if ev.text else ev.text, ev.dedupe_key, now)
             for i, ev in page
             if i in people
         ]  # fmt: skip

@@ -34,6 +34,7 @@ from qunfa.domain import consent as dom
 from qunfa.domain.consent import ALL, ConsentError
 from qunfa.domain.fields import normaliser
 from qunfa.domain.keys import batch_key
+from qunfa.domain.redact import redact
 from qunfa.storage import consent_sql as q
 from qunfa.storage.models import (
     Account,
@@ -844,7 +845,7 @@ WHERE deliveries.id = n.id
             source="sms_reply",
             reason="sms reply",
             evidence={
-                "reply": reply,
+                "reply": redact(reply),  # the keyword; a number written beside it is masked
                 "time": sent_at,
                 "channel": acc.channel,
                 "account": acc.app_id,
