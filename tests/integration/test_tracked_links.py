@@ -108,6 +108,10 @@ def test_email_links_are_tracked_per_person(
     assert "https://cdn.example/banner.png" in li["text/html"]  # an image loads, not tracked
     assert "shop.example" not in li["text/plain"]
 
+    # A link checker's HEAD gets the redirect and counts nothing; a forged code is a 404.
+    head = client.head(f"/l/{li_text}", follow_redirects=False)
+    assert head.status_code == 302 and head.headers["location"].startswith("https://shop.example")
+    assert client.head("/l/nosuchcode", follow_redirects=False).status_code == 404
     r = client.get(f"/l/{li_text}", follow_redirects=False, headers={"user-agent": "Mozilla/5.0"})
     assert r.status_code == 302 and r.headers["cache-control"] == "no-store"
     target = urlsplit(r.headers["location"])

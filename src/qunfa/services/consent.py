@@ -930,9 +930,10 @@ WHERE deliveries.id = n.id
         return "resubscribed" if ident is not None else "ignored"
 
     def wecom_removed(self, acc: Account, fields: Mapping[str, str]) -> str:
-        """WeCom ``change_external_contact``: ``del_external_contact`` (the customer deleted the
-        member) and ``del_follow_user`` (the member deleted the customer) withdraw the
-        ``wecom`` scope for that external_userid."""
+        """WeCom ``change_external_contact``: ``del_external_contact`` (the member deleted the
+        customer) and ``del_follow_user`` (the customer deleted the member) withdraw the
+        ``wecom`` scope for that external_userid — for every member of the corp, even if
+        another member still has the customer (qunfa does not keep who follows whom yet)."""
         change, ext = fields.get("ChangeType", ""), fields.get("ExternalUserID", "")
         if change not in ("del_external_contact", "del_follow_user") or not ext:
             return "ignored"

@@ -274,8 +274,11 @@ class LinkService:
     def __init__(self, c: Container) -> None:
         self.c = c
 
-    def click(self, token: str, user_agent: str | None = None) -> str:
+    def click(self, token: str, user_agent: str | None = None, *, record: bool = True) -> str:
         """Record a click on ``/l/<token>``; returns the target to redirect to.
+
+        ``record=False`` (a ``HEAD`` request: link checkers, mail scanners, unfurlers) checks
+        the code and returns the target without counting anything.
 
         Raises :class:`NotFound` for anything but a genuine code of an existing campaign. A
         genuine code with a broken recipient part still redirects and counts for the campaign
@@ -307,6 +310,8 @@ class LinkService:
                     did = None
                 else:
                     contact = row[2]
+        if not record:
+            return str(entry["url"])
         ua = (user_agent or "")[:300]
         bot = bool(_BOT.search(ua))
         now = time.time()

@@ -1,4 +1,4 @@
-"""``GET /l/{code}``: a campaign's tracked short link (docs/compliance.md, "Tracked links").
+"""``GET`` and ``HEAD /l/{code}``: a campaign's tracked short link (docs/compliance.md).
 
 The code is verified against the target stored with its campaign before anything else: an
 unknown, malformed or tampered code is a plain 404, never a redirect to anything the request
@@ -17,11 +17,14 @@ from qunfa.services.links import LinkService, NotFound
 router = APIRouter(tags=["links"])
 
 
-@router.get("/l/{token}", include_in_schema=False)
+@router.api_route("/l/{token}", methods=["GET", "HEAD"], include_in_schema=False)
 def tracked_link(token: str, request: Request, c: ContainerDep) -> Response:
-    """A tracked link was opened: record the click, send the reader on (302)."""
+    """A tracked link was opened: record the click, send the reader on (302). ``HEAD`` (link
+    checkers, mail scanners) gets the same answer and counts nothing."""
     try:
-        url = LinkService(c).click(token, request.headers.get("user-agent"))
+        url = LinkService(c).click(
+            token, request.headers.get("user-agent"), record=request.method != "HEAD"
+        )
     except NotFound:
         return PlainTextResponse("no such link", status_code=404)
     # Every click must reach qunfa to be counted: no cache may answer for it.
