@@ -22,8 +22,9 @@ With ``--format xlsx`` the same rows are written as an XLSX file the way Excel s
 (every text in the shared-string table, xlsxwriter), which qunfa reads with its streaming
 reader (``services/xlsx_reader.py``).
 
-Both sides run SQLite with the same settings: WAL, ``synchronous=NORMAL``, a 128 MiB page
-cache for the writes (qunfa sets it with ``bulk_cache``), ``temp_store=MEMORY``. qunfa
+Both sides run SQLite with the same settings: 16 KiB pages (``storage/db.py``'s
+``PAGE_SIZE``), WAL, ``synchronous=NORMAL``, a 128 MiB page cache for the writes (qunfa sets
+it with ``bulk_cache``), ``temp_store=MEMORY``. qunfa
 stores pages in this process while a forked child prepares the next ones when the file is
 at least ``PIPELINE_BYTES`` (``services/contacts.py``); the floor is one process. The peak
 RSS of both qunfa processes is printed. The load average is printed before and after each
@@ -130,9 +131,11 @@ def run_qunfa(work: Path, name: str, reimport: bool = True) -> dict[str, Any]:
 
 def run_floor(work: Path, name: str) -> dict[str, Any]:
     from qunfa.crypto.fields import Keyring
+    from qunfa.storage.db import PAGE_SIZE
 
     ring = Keyring.generate()
     db = sqlite3.connect(work / "floor.db")
+    db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # as qunfa's new databases (16 KiB)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA cache_size=-131072")  # = bulk_cache's 128 MiB
@@ -259,7 +262,8 @@ def main() -> None:
     print(f"re-import         {first['reimport_seconds']:.2f} s ({first['reimport_new']} new, "
           f"{first['reimport_updated']} updated, "
           f"{'bulk load' if first['reimport_bulk_load'] else 'page path'})")  # fmt: skip
-    print(f"settings          SQLite WAL, synchronous=NORMAL, cache 128 MiB, temp_store=MEMORY "
+    print(f"settings          SQLite 16 KiB pages, WAL, synchronous=NORMAL, cache 128 MiB, "
+          f"temp_store=MEMORY "
           f"(both); qunfa {'two processes' if pipelined else 'one process'}")  # fmt: skip
     print(f"median            qunfa {q_med:.2f} s, floor {f_med:.2f} s, ratio {r_med:.2f}×   "
           f"target ≤ 20 s per 1M: {'OK' if result['ok'] else 'MISSED'}")  # fmt: skip
