@@ -27,7 +27,9 @@ Three paths, the fastest that fits each chunk: every cell a shared string (a she
 chunk parsed by ElementTree. Each fast path checks its counts (cells, rows) against the
 chunk and steps aside when they differ, so an unusual writer costs time, never data. A
 workbook this module cannot read at all (prefixed tags, an encoding other than UTF-8, no
-first sheet) raises :class:`Unsupported` before any row, and the caller uses calamine.
+first sheet), or whose first chunk already needs ElementTree (a writer with another cell shape
+throughout, for which calamine is faster), raises :class:`Unsupported` before any row, and
+the caller uses calamine.
 """
 
 from __future__ import annotations
