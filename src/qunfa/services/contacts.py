@@ -145,13 +145,17 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+# What a damaged workbook raises while it is read (a truncated or corrupt part).
+_DAMAGE = (ValueError, EOFError, zlib.error, zipfile.BadZipFile)
+
+
 def _checked(path: Path, rows: Iterator[list[str]]) -> Iterator[list[str]]:
     """A streamed workbook's rows; damage found part-way (a truncated or corrupt part) as an
     :class:`ImportError_` naming the file. Rows before it were imported (or, in a bulk load,
     roll back with the rest); a re-import after repairing the file skips what is there."""
     try:
         yield from rows
-    except (ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+    except _DAMAGE as exc:
         raise _damaged(path, exc) from None
 
 
@@ -182,7 +186,7 @@ def read_table(path: Path) -> tuple[list[str], Iterator[list[str]]]:
             names, data = xlsx_reader.read_rows(path)
         except xlsx_reader.Unsupported:
             pass  # an unusual workbook: the general reader below
-        except (ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        except _DAMAGE as exc:
             raise _damaged(path, exc) from None
         else:
             if not any(names):

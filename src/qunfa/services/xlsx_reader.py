@@ -671,14 +671,17 @@ def _sheet_rows(fh: IO[bytes], cells: _Cells) -> Iterator[list[list[str]]]:
             cut = cut if cut >= 6 else 0
             body, tail, done = buf[:cut], buf[cut:], False
         if body.strip():
-            block = _rows_shared(body, cells) or _block(_rows_fast(body, cells) or [])
+            block = _rows_shared(body, cells)
             if block is None:
-                if last == 0 and not done:
-                    # The first chunk already needs ElementTree (~4× slower than calamine):
-                    # this writer's cells are not the usual shape. Nothing has been handed
-                    # out yet, so the general reader can take the whole file instead.
-                    raise Unsupported("cells written in a shape the fast paths do not read")
-                block = _block(_rows_tree(body, root_tag, cells, last))
+                numbered = _rows_fast(body, cells)
+                if numbered is None:
+                    if last == 0 and not done:
+                        # The first chunk already needs ElementTree (~4× slower than
+                        # calamine): this writer's cells are not the usual shape. Nothing has
+                        # been handed out yet, so the general reader can take the whole file.
+                        raise Unsupported("cells written in a shape the fast paths do not read")
+                    numbered = _rows_tree(body, root_tag, cells, last)
+                block = _block(numbered)
             if block:
                 first, rows = block
                 if first > last + 1:
