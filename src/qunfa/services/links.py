@@ -298,6 +298,8 @@ class LinkService:
                 raise NotFound("no such link")
             if not dom.verify_code(key, code, str(entry["url"])):
                 raise NotFound("no such link")
+            if not record:
+                return str(entry["url"])
             did = dom.read_recipient(key, campaign_id, part) if part else None
             contact = None
             if did is not None:
@@ -310,8 +312,6 @@ class LinkService:
                     did = None
                 else:
                     contact = row[2]
-        if not record:
-            return str(entry["url"])
         ua = (user_agent or "")[:300]
         bot = bool(_BOT.search(ua))
         now = time.time()
