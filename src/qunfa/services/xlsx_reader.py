@@ -394,14 +394,13 @@ class _Cells:
                 return None
         raise ValueError("a cell names a shared string the workbook does not have")
 
-    def place_refs(self, part: bytes, texts: list[str]) -> list[str]:
-        """A row of shared strings with gaps: each text at the column its ``r`` names.
+    def place(self, letters: tuple[bytes, ...], texts: list[str]) -> list[str]:
+        """A row with gaps: each text at the column of its cell's letters.
 
         Rows with gaps repeat a few shapes (the same optional column left empty): each shape
         becomes an ``itemgetter`` once, which builds the row in one call."""
-        letters = tuple(_REF.findall(part))
         if len(letters) != len(texts):
-            raise ValueError(f"a cell reference is not a column and row: {part[:200]!r}")
+            raise ValueError(f"a row's cell references do not read: {letters[:20]!r}")
         place = self.shapes.get(letters)
         if place is None:
             place = self.shapes[letters] = self._shape(letters)
@@ -415,20 +414,6 @@ class _Cells:
             source[self.column(col)] = i  # a repeated column: the later cell wins
         get = itemgetter(*source)
         return get if width > 1 else lambda texts: (get(texts),)
-
-    def place(
-        self, found: list[tuple[bytes, ...]], start: int, end: int, texts: list[str]
-    ) -> list[str]:
-        """A row with gaps: each text at its column."""
-        row: list[str] = []
-        for (letters, *_), value in zip(found[start:end], texts, strict=True):
-            at = self.column(letters)
-            if at >= len(row):
-                row.extend([""] * (at - len(row)))
-                row.append(value)
-            else:
-                row[at] = value
-        return row
 
     def text(self, style: bytes, kind: bytes, v: bytes, inline: bytes) -> str:
         if kind == b"s":
@@ -543,7 +528,7 @@ def _rows_shared(chunk: bytes, cells: _Cells) -> Block | None:
     dense = map(bytes.startswith, parts, wanted, lasts)
     for i in compress(count(), map(not_, dense)):
         if counts[i]:
-            rows[i] = cells.place_refs(parts[i], rows[i])
+            rows[i] = cells.place(tuple(_REF.findall(parts[i])), rows[i])
     return first, rows
 
 
@@ -581,7 +566,7 @@ def _rows_fast(chunk: bytes, cells: _Cells) -> list[Row] | None:
         # column n is dense: A..n, nothing to place. Others have gaps (an empty cell is
         # usually left out) and are placed by their letters.
         if n and found[end - 1][0] != last_letters[n]:
-            row = cells.place(found, at, end, row)
+            row = cells.place(tuple(f[0] for f in found[at:end]), row)
         out.append((int(number), row))
         at = end
     return out
